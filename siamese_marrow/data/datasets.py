@@ -1,0 +1,175 @@
+"""Datasets: ImageFolder layout (nested sub-folders allowed) and CSV manifests ``path,label[,group]``.
+
+A dataset is a list of :class:`Sample` plus a stable class list. Labels are known without
+decoding any image, so samplers and splits never touch pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .io import IMAGE_EXTENSIONS, load_rgb
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: its path, class code and (optional) group such as a patient id."""
+
+    path: str
+    label: str
+    group: str | None = None
+
+
+def scan_folder(root: str | Path) -> list[Sample]:
+    """One class per top-level folder of ``root``; images may sit in nested sub-folders.
+
+    ``BLA/0001-1000/BLA_00001.jpg`` is a BLA image. Hidden files and folders are ignored; files
+    are returned in sorted order.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist or is not a folder")
+    samples: list[Sample] = []
+    empty: list[str] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append(Sample(str(Path(dirpath) / name), class_dir.name))
+        if not found:
+            empty.append(class_dir.name)
+        samples.extend(found)
+    if empty:
+        raise DataError(
+            f"{root}: class folder(s) {', '.join(empty)} hold no images "
+            f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); remove them or add images"
+        )
+    if not samples:
+        raise DataError(
+            f"{root} holds no class folders with images; expected ImageFolder layout "
+            "ROOT/<CLASS>/[...]/<image>.jpg or a CSV manifest path,label[,group]"
+        )
+    return samples
+
+
+def read_manifest(manifest: str | Path) -> list[Sample]:
+    """Read a CSV manifest with a header ``path,label[,group]``; paths are relative to the file."""
+    manifest = Path(manifest)
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise DataError(f"manifest {manifest} cannot be read ({e.strerror or e})") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in ("path", "label") if c not in columns]
+    unknown = [c for c in columns if c not in ("path", "label", "group")]
+    if missing or unknown:
+        raise DataError(
+            f"manifest {manifest}: header is {','.join(columns) or '(empty)'}; expected columns "
+            f"path,label[,group]"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    base = manifest.parent
+    samples: list[Sample] = []
+    absent: list[str] = []
+    for line_no, row in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        if not row.get("path") or not row.get("label"):
+            raise DataError(f"manifest {manifest}, line {line_no}: empty path or label")
+        p = Path(row["path"])
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            absent.append(f"line {line_no}: {p}")
+        samples.append(Sample(str(p), row["label"], row.get("group") or None))
+    if absent:
+        shown = "; ".join(absent[:5]) + (f"; ... {len(absent) - 5} more" if len(absent) > 5 else "")
+        raise DataError(f"manifest {manifest}: {len(absent)} row(s) point at missing files: {shown}")
+    if not samples:
+        raise DataError(f"manifest {manifest} has a header but no rows")
+    return samples
+
+
+def load_samples(source: str | Path, classes: Sequence[str] | None = None) -> list[Sample]:
+    """Samples from a folder or a ``.csv`` manifest, optionally restricted to ``classes``."""
+    source = Path(source)
+    samples = read_manifest(source) if source.suffix.lower() == ".csv" else scan_folder(source)
+    if classes:
+        present = {s.label for s in samples}
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise DataError(
+                f"{source}: requested class(es) {', '.join(missing)} not found; "
+                f"present: {', '.join(sorted(present))}"
+            )
+        keep = set(classes)
+        samples = [s for s in samples if s.label in keep]
+    return samples
+
+
+def class_list(samples: Sequence[Sample]) -> list[str]:
+    """The stable class order: sorted class codes."""
+    return sorted({s.label for s in samples})
+
+
+class CellDataset(Dataset):
+    """Images with integer labels in the order of ``classes``.
+
+    ``__getitem__`` returns ``(image, label)`` where image is what ``transform`` makes of the RGB
+    PIL image (a ``(3, H, W)`` tensor with the usual transforms).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        classes: Sequence[str] | None = None,
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes) if classes is not None else class_list(self.samples)
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = sorted({s.label for s in self.samples} - set(index))
+        if unknown:
+            raise DataError(
+                f"label(s) {', '.join(unknown)} are not among the classes {', '.join(self.classes)}"
+            )
+        self.targets = [index[s.label] for s in self.samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def get_labels(self) -> list[int]:
+        """Integer labels of every sample, without decoding any image."""
+        return list(self.targets)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.targets)
+        return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
+
+    def load(self, i: int) -> Any:
+        """The decoded RGB PIL image of sample ``i`` (no transform)."""
+        return load_rgb(self.samples[i].path)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        img = self.load(i)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[i]
+
+
+def collate_images(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*batch)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)

@@ -1,0 +1,129 @@
+"""The two gated pair heads and the consensus over classes (DESIGN.md, "The model").
+
+Heads return logits; ``sigmoid`` of a logit is the gate probability that anchor and test show the
+same class. Inputs broadcast: ``fa`` of shape ``(1, M, D)`` against ``ft`` of shape ``(B, 1, D)``
+scores every test against every anchor, ``(B, M)``, in one call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ConcatHead(nn.Module):
+    """``h1 = sigmoid(W1 [f(a); f(t)])``: global structure.
+
+    ``kind="linear"``: W1 is one linear map ``R^{2D} -> R``. ``kind="mlp"``: one hidden ReLU layer,
+    which can compare the two halves (a linear map of a concatenation cannot). The first layer is
+    applied to each half separately and the results broadcast-added, so B tests x M anchors cost
+    ``O((B + M) D H + B M H)``, not ``O(B M D H)``.
+    """
+
+    def __init__(self, dim: int, kind: str = "mlp", hidden: int = 256) -> None:
+        super().__init__()
+        if kind not in ("linear", "mlp"):
+            raise ValueError(f"concat head kind {kind!r} is not linear or mlp")
+        self.dim = dim
+        self.kind = kind
+        self.first = nn.Linear(2 * dim, 1 if kind == "linear" else hidden)
+        self.out = nn.Linear(hidden, 1) if kind == "mlp" else None
+
+    def forward(self, fa: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        """``fa (..., D)``, ``ft (..., D)`` broadcastable -> logits of the broadcast shape."""
+        w_a, w_t = self.first.weight[:, : self.dim], self.first.weight[:, self.dim :]
+        z = fa @ w_a.T + ft @ w_t.T + self.first.bias
+        if self.out is not None:
+            z = self.out(torch.relu(z))
+        return z.squeeze(-1)
+
+
+class HadamardHead(nn.Module):
+    """``h2 = sigmoid(W2 (f(a) * f(t)))``: local texture, from the elementwise product."""
+
+    def __init__(self, dim: int, init_scale: float = 10.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, 1)
+        # Start as a scaled cosine similarity of the unit-norm embeddings, centred at 0.5.
+        nn.init.constant_(self.linear.weight, init_scale)
+        nn.init.constant_(self.linear.bias, -init_scale * 0.5)
+
+    def forward(self, fa: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        """``fa (..., D)``, ``ft (..., D)`` broadcastable -> logits of the broadcast shape."""
+        w = self.linear.weight[0]
+        if fa.dim() == 3 and ft.dim() == 3 and fa.shape[0] == 1 and ft.shape[1] == 1:
+            # (1, M, D) x (B, 1, D): a matrix product instead of a (B, M, D) intermediate
+            return (ft[:, 0] * w) @ fa[0].T + self.linear.bias
+        return (fa * ft * w).sum(-1) + self.linear.bias
+
+
+AGGREGATES = ("mean", "max", "topk")
+
+
+class Consensus(nn.Module):
+    """``g_k = softmax_k((h1_k + h2_k) / tau)`` with a learned temperature ``tau``.
+
+    ``h1_k + h2_k`` is the per-class aggregate of the pair score ``h1 + h2`` over the anchors of
+    class k: their mean, their max, or the mean of the top ``k`` (for ``mean``, the aggregate of the
+    sum is the sum of the aggregates).
+    """
+
+    def __init__(self, tau_init: float = 0.1, aggregate: str = "mean", k: int = 5) -> None:
+        super().__init__()
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+        if tau_init <= 0:
+            raise ValueError(f"tau_init={tau_init} must be > 0")
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init)))
+        self.aggregate = aggregate
+        self.k = k
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.exp()
+
+    def class_scores(
+        self, pair_score: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int
+    ) -> torch.Tensor:
+        """Aggregate ``pair_score (B, M)`` per class.
+
+        Args:
+            pair_score: ``h1 + h2`` for each test (row) and anchor (column).
+            anchor_labels: ``(M,)`` or ``(B, M)`` class index of each anchor; ``-1`` excludes it
+                (padding, or the test image itself).
+        Returns:
+            ``(B, C)`` aggregates; ``-inf`` where a test has no anchor of that class.
+        """
+        b, m = pair_score.shape
+        labels = anchor_labels.expand(b, m) if anchor_labels.dim() == 1 else anchor_labels
+        onehot = labels.unsqueeze(-1) == torch.arange(num_classes, device=labels.device)  # (B,M,C)
+        counts = onehot.sum(1)  # (B, C)
+        if self.aggregate == "mean":
+            sums = torch.einsum("bm,bmc->bc", pair_score, onehot.to(pair_score.dtype))
+            out = sums / counts.clamp(min=1)
+        else:
+            masked = pair_score.unsqueeze(-1).masked_fill(~onehot, float("-inf"))  # (B, M, C)
+            if self.aggregate == "max":
+                out = masked.amax(1)
+            else:
+                k = min(self.k, m)
+                top = masked.topk(k, dim=1).values  # (B, k, C)
+                valid = torch.isfinite(top)
+                out = top.masked_fill(~valid, 0).sum(1) / valid.sum(1).clamp(min=1)
+        return out.masked_fill(counts == 0, float("-inf"))
+
+    def forward(
+        self,
+        h1: torch.Tensor,
+        h2: torch.Tensor,
+        anchor_labels: torch.Tensor,
+        num_classes: int,
+    ) -> torch.Tensor:
+        """Consensus logits ``(B, C)``: ``log_softmax`` or ``softmax`` of them gives g.
+
+        ``h1``, ``h2`` are gate probabilities ``(B, M)``. Classes without anchors get ``-inf``.
+        """
+        s = self.class_scores(h1 + h2, anchor_labels, num_classes)
+        return s / self.tau

@@ -1,0 +1,98 @@
+"""The Siamese model: a shared embedding, two gated pair heads and the class consensus."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .backbone import Backbone, create_backbone
+from .heads import ConcatHead, Consensus, HadamardHead
+
+
+class SiameseNet(nn.Module):
+    """``embed`` images once, score many pairs in one call, and turn scores into class probabilities.
+
+    Shapes: images ``(B, 3, H, W)``; embeddings ``(B, D)``, unit norm; ``pair_scores`` broadcasts
+    ``fa (..., D)`` against ``ft (..., D)``; ``score_matrix`` gives ``(B, M)`` for B tests and M
+    anchors.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        concat_kind: str = "mlp",
+        head_hidden: int = 256,
+        tau_init: float = 0.1,
+        aggregate: str = "mean",
+        aggregate_k: int = 5,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head_concat = ConcatHead(backbone.dim, concat_kind, head_hidden)
+        self.head_hadamard = HadamardHead(backbone.dim)
+        self.consensus_head = Consensus(tau_init, aggregate, aggregate_k)
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.dim
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W) -> (B, D)``, L2-normalised."""
+        return self.backbone(x)
+
+    def pair_logits(self, fa: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the two gates for broadcastable ``fa (..., D)``, ``ft (..., D)``."""
+        return self.head_concat(fa, ft), self.head_hadamard(fa, ft)
+
+    def pair_scores(self, fa: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate probabilities ``(h1, h2)``, each of the broadcast shape of ``fa`` and ``ft``."""
+        l1, l2 = self.pair_logits(fa, ft)
+        return torch.sigmoid(l1), torch.sigmoid(l2)
+
+    def score_matrix(
+        self, anchors: torch.Tensor, tests: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, M)`` of both gates for tests ``(B, D)`` against anchors ``(M, D)``."""
+        return self.pair_logits(anchors.unsqueeze(0), tests.unsqueeze(1))
+
+    def consensus(
+        self,
+        scores: tuple[torch.Tensor, torch.Tensor],
+        classes: torch.Tensor,
+        num_classes: int | None = None,
+    ) -> torch.Tensor:
+        """Class probabilities g ``(B, C)`` from gate probabilities ``(h1, h2)`` of shape ``(B, M)``.
+
+        ``classes``: ``(M,)`` or ``(B, M)`` class index of each anchor (-1 = ignore).
+        """
+        h1, h2 = scores
+        c = int(classes.max().item()) + 1 if num_classes is None else num_classes
+        return torch.softmax(self.consensus_head(h1, h2, classes, c), dim=-1)
+
+    def consensus_logits(
+        self, scores: tuple[torch.Tensor, torch.Tensor], classes: torch.Tensor, num_classes: int
+    ) -> torch.Tensor:
+        """``(B, C)`` logits of g (``-inf`` for classes without anchors), for the loss."""
+        h1, h2 = scores
+        return self.consensus_head(h1, h2, classes, num_classes)
+
+
+def build_model(cfg: ModelConfig, pretrained: str | None = None) -> SiameseNet:
+    """The model described by ``cfg``; ``pretrained`` overrides ``cfg.pretrained`` (e.g. "none"
+    when weights come from a checkpoint next)."""
+    backbone = create_backbone(
+        cfg.backbone,
+        cfg.pretrained if pretrained is None else pretrained,
+        embed_dim=cfg.embed_dim,
+        img_size=cfg.img_size,
+        drop_rate=cfg.drop_rate,
+    )
+    return SiameseNet(
+        backbone,
+        concat_kind=cfg.concat_head,
+        head_hidden=cfg.head_hidden,
+        tau_init=cfg.tau_init,
+        aggregate=cfg.aggregate,
+        aggregate_k=cfg.aggregate_k,
+    )
