@@ -126,4 +126,6 @@ class Consensus(nn.Module):
         ``h1``, ``h2`` are gate probabilities ``(B, M)``. Classes without anchors get ``-inf``.
         """
         s = self.class_scores(h1 + h2, anchor_labels, num_classes)
-        return s / self.tau
+        absent = torch.isinf(s)
+        # divide finite scores only: -inf / tau would give a NaN gradient for tau
+        return (s.masked_fill(absent, 0.0) / self.tau).masked_fill(absent, float("-inf"))

@@ -1,0 +1,53 @@
+"""From a DataConfig to labelled splits: the one place that decides where images come from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from .datasets import Sample, class_list, load_samples
+from .splits import split_samples
+
+
+@dataclass
+class PreparedData:
+    """The class list (stable order) and the train/val/test samples."""
+
+    source: str
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+
+
+def ensure_synthetic(out: str | Path, cfg: DataConfig, seed: int = 0) -> Path:
+    """Generate the embedded default data set into ``out`` unless the same one is already there."""
+    from .synth import profile_counts, write_dataset
+
+    out = Path(out)
+    counts = profile_counts(cfg.synth_profile, per_class=cfg.synth_per_class, classes=cfg.classes)
+    info = out / "synth.json"
+    if info.is_file():
+        try:
+            old = json.loads(info.read_text())
+            if (old.get("seed"), old.get("size"), old.get("counts")) == (seed, cfg.synth_size, counts):
+                return out
+        except json.JSONDecodeError:
+            pass
+    write_dataset(out, counts, seed=seed, size=cfg.synth_size)
+    return out
+
+
+def prepare_data(cfg: DataConfig, synth_dir: str | Path | None = None) -> PreparedData:
+    """Load ``cfg.root`` (generating synthetic data into ``synth_dir`` when root is "synthetic")
+    and split it stratified by class (grouped when the manifest has groups)."""
+    root = cfg.root
+    if root == "synthetic":
+        if synth_dir is None:
+            raise ValueError("synthetic data needs a directory to be written to")
+        root = str(ensure_synthetic(synth_dir, cfg))
+    samples = load_samples(root, cfg.classes)
+    splits = split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    return PreparedData(root, class_list(samples), splits["train"], splits["val"], splits["test"])

@@ -1,0 +1,131 @@
+"""Training: a step lowers the loss, resume is exact, checkpoints reload in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from siamese_marrow.config import load_config
+from siamese_marrow.data.synth import write_dataset
+from siamese_marrow.engine import train as train_mod
+from siamese_marrow.engine.checkpoint import load_run
+from siamese_marrow.engine.losses import siamese_loss
+from siamese_marrow.engine.train import build_optimizer, train
+from siamese_marrow.models import build_model
+
+TINY = [
+    "model.backbone=test_efficientnet",
+    "model.pretrained=none",
+    "model.embed_dim=16",
+    "model.img_size=32",
+    "model.head_hidden=16",
+    "sampler.p_classes=3",
+    "sampler.k_per_class=2",
+    "sampler.batches_per_epoch=3",
+    "train.epochs=2",
+    "train.warmup_steps=2",
+    "train.baseline_probe=false",
+    "train.eval_batch_size=16",
+    "train.threads=1",
+    "data.val_fraction=0.25",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    write_dataset(root, {"BLA": 6, "EOS": 6, "LYT": 6, "NGS": 1}, seed=0, size=32)
+    return root
+
+
+def tiny_cfg(data: Path, *extra: str):  # noqa: ANN201
+    return load_config(None, [*TINY, f"data.root={data}", *extra])
+
+
+def test_training_steps_reduce_the_loss_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    model = build_model(cfg.model)
+    opt = build_optimizer(model, cfg)
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    losses = []
+    for _ in range(8):
+        loss, parts = siamese_loss(model, model.embed(x), y, 4, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss"])
+    assert parts["pairs"] == 16  # 4 classes x (2 similar + 2 dissimilar)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_single_image_class_trains_through_augmented_views(tiny_data: Path, tmp_path: Path) -> None:
+    summary = train(tiny_cfg(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
+    assert summary["single_image_classes"] == ["NGS"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and np.isfinite(log[0]["train_loss"])
+    for name in ("config.yaml", "classes.json", "last.safetensors", "last.state.pt", "best.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "last.safetensors"))
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_cfg(tiny_data, "train.checkpoint_every=2")
+    train(cfg, tmp_path / "straight", progress=False)
+
+    calls = {"n": 0}
+    real_loss = train_mod.siamese_loss
+
+    def interrupting_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 5, in epoch 2 (3 steps an epoch), after the step-4 checkpoint
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "siamese_loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_mod, "siamese_loss", real_loss)
+    meta = json.loads((tmp_path / "resumed" / "last.json").read_text())
+    assert meta["step"] == 4  # a mid-epoch checkpoint: resuming must restart inside epoch 2
+    train(cfg, tmp_path / "resumed", resume=True, progress=False)
+
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    log = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in log] == [1, 2]
+
+
+def test_checkpoint_gives_identical_embeddings_in_a_fresh_process(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_data, "train.epochs=1"), run, progress=False)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    np.save(tmp_path / "x.npy", x.numpy())
+    here = load_run(run).model.embed(x).detach().numpy()
+    code = (
+        "import numpy as np, torch, sys\n"
+        "from siamese_marrow.engine.checkpoint import load_run\n"
+        f"m = load_run(r'{run}').model\n"
+        f"x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))\n"
+        f"np.save(r'{tmp_path / 'e.npy'}', m.embed(x).detach().numpy())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), here, atol=1e-6)
