@@ -1,0 +1,355 @@
+"""One self-contained HTML report: metrics tables, embedded figures and the run's config.
+
+The file has inline CSS, images as base64 ``data:`` URIs, no scripts and no link to anything
+outside itself, so it can be mailed, archived or opened offline. Every text value is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from ..data.classes import MATEK_CLASSES
+from ..utils import atomic_write_text
+
+#: The four figures always reported together (accuracy alone flatters imbalanced data).
+HEADLINE_COLUMNS = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("f1_weighted", "weighted F1"),
+    ("f1_macro", "macro F1"),
+)
+
+_MIME = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
+
+#: Figure names containing one of these go to the "Galleries" section.
+_GALLERY_WORDS = ("gallery", "mistake", "retrieval_example", "neighbour", "neighbor")
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       margin: 1.5em auto; max-width: 1150px; padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #4f81bd; padding-bottom: .2em; }
+h2 { font-size: 1.25em; margin-top: 1.8em; color: #1f3f66; }
+h3 { font-size: 1.05em; }
+nav a { margin-right: 1em; color: #1f3f66; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+th { background: #eef2f7; }
+td.t, th.t { text-align: left; }
+tr:nth-child(even) td { background-color: #fafafa; }
+td.low { color: #a00000; font-weight: bold; }
+table.headline td { font-size: 1.2em; font-weight: bold; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { font-size: .9em; color: #555; }
+details { margin: .6em 0; }
+summary { cursor: pointer; color: #1f3f66; }
+pre { background: #f6f8fa; border: 1px solid #ddd; padding: .8em; overflow-x: auto;
+      font-size: .85em; }
+p.note { color: #555; font-size: .9em; }
+.missing { color: #a00000; }
+"""
+
+
+def _fmt(v: Any) -> str:
+    """A table cell's text, escaped: floats to 4 decimals, None as a dash."""
+    if v is None:
+        return "&mdash;"
+    if isinstance(v, bool):
+        return escape(str(v))
+    if isinstance(v, numbers.Integral):
+        return escape(str(int(v)))
+    if isinstance(v, numbers.Real):
+        v = float(v)
+        return "&mdash;" if math.isnan(v) else escape(f"{v:.4f}")
+    if isinstance(v, (dict, list, tuple)):
+        return escape(json.dumps(v, default=str))
+    return escape(str(v))
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "", text_cols: int = 1
+) -> str:
+    """Rows of pre-escaped cells; the first ``text_cols`` columns are left-aligned."""
+    c = f' class="{cls}"' if cls else ""
+    left = ' class="t"'
+    head = "".join(
+        f"<th{left if i < text_cols else ''}>{escape(h)}</th>" for i, h in enumerate(headers)
+    )
+    body = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            if isinstance(cell, tuple):  # (html, css class)
+                cells.append(f'<td class="{cell[1]}">{cell[0]}</td>')
+            else:
+                cells.append(f"<td{left if i < text_cols else ''}>{cell}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table{c}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _headline_row(m: Mapping[str, Any]) -> list[str]:
+    return [_fmt(m.get(k)) for k, _ in HEADLINE_COLUMNS]
+
+
+def _headline_section(metrics: Mapping[str, Any]) -> str:
+    headers = [label for _, label in HEADLINE_COLUMNS] + ["images"]
+    table = _table(headers, [_headline_row(metrics) + [_fmt(metrics.get("n"))]], "headline", 0)
+    return (
+        '<h2 id="headline">Headline metrics</h2>'
+        + table
+        + '<p class="note">Balanced accuracy is the mean recall over classes; on data this '
+        "imbalanced, accuracy alone flatters a model that ignores the rare classes.</p>"
+    )
+
+
+def _per_class_section(metrics: Mapping[str, Any]) -> str:
+    per_class = metrics.get("per_class") or {}
+    if not per_class:
+        return ""
+    codes = [str(c) for c in metrics.get("classes", per_class) if c in per_class]
+    rows = []
+    for code in codes:
+        pc = per_class[code]
+        name = MATEK_CLASSES.get(code, ("",))[0]
+        recall = pc.get("recall")
+        support = pc.get("support")
+        rec_cell: Any = _fmt(recall)
+        if isinstance(recall, (int, float)) and support and recall < 0.5:
+            rec_cell = (rec_cell, "low")
+        rows.append(
+            [
+                escape(code),
+                escape(name) or "&mdash;",
+                _fmt(support),
+                _fmt(pc.get("precision")),
+                rec_cell,
+                _fmt(pc.get("f1")),
+            ]
+        )
+    table = _table(
+        ["class", "cell type", "support", "precision", "recall", "F1"], rows, text_cols=2
+    )
+    return (
+        '<h2 id="per-class">Per class</h2>'
+        + table
+        + '<p class="note">Recall below 0.5 is shown in red.</p>'
+        + _confusion_table(metrics)
+    )
+
+
+def _confusion_table(metrics: Mapping[str, Any]) -> str:
+    cm = metrics.get("confusion_matrix")
+    classes = [str(c) for c in metrics.get("classes", [])]
+    if not cm or len(cm) != len(classes):
+        return ""
+    headers = ["true \\ predicted"] + classes
+    rows = [[escape(c)] + [_fmt(int(v)) for v in row] for c, row in zip(classes, cm, strict=True)]
+    return (
+        "<details><summary>Confusion matrix (counts; rows true, columns predicted)</summary>"
+        + _table(headers, rows)
+        + "</details>"
+    )
+
+
+def _baselines_section(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping]) -> str:
+    rows = [["<strong>this model</strong>"] + _headline_row(metrics)]
+    for name, m in baselines.items():
+        rows.append([escape(str(name))] + _headline_row(m or {}))
+    headers = ["model"] + [label for _, label in HEADLINE_COLUMNS]
+    return '<h2 id="baselines">Baselines</h2>' + _table(headers, rows)
+
+
+def _retrieval_section(retrieval: Mapping[str, Any]) -> str:
+    scalars = [
+        [escape(str(k)), _fmt(v)]
+        for k, v in retrieval.items()
+        if not isinstance(v, (dict, list, tuple))
+    ]
+    nested = {k: v for k, v in retrieval.items() if isinstance(v, (dict, list, tuple))}
+    out = '<h2 id="retrieval">Retrieval</h2>'
+    if scalars:
+        out += _table(["metric", "value"], scalars)
+    for k, v in nested.items():
+        out += (
+            f"<details><summary>{escape(str(k))}</summary><pre>"
+            f"{escape(json.dumps(v, indent=2, default=str))}</pre></details>"
+        )
+    return out
+
+
+def _extra_tables_section(tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    out = '<h2 id="tables">Tables</h2>'
+    for name, rows in tables.items():
+        out += f"<h3>{escape(str(name))}</h3>"
+        rows = list(rows or [])
+        if not rows:
+            out += '<p class="note">(empty)</p>'
+            continue
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(str(k) for k in r if str(k) not in cols)
+        body = [[_fmt(_get(r, c)) for c in cols] for r in rows]
+        out += _table(cols, body)
+    return out
+
+
+def _get(row: Mapping[str, Any], col: str) -> Any:
+    for k, v in row.items():
+        if str(k) == col:
+            return v
+    return None
+
+
+def _image_tag(name: str, path: Path) -> str:
+    path = Path(path)
+    caption = escape(str(name))
+    mime = _MIME.get(path.suffix.lower())
+    try:
+        if mime is None:
+            raise OSError(f"unsupported image type {path.suffix or '(none)'}")
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        return (
+            f'<figure><p class="missing">figure {caption} unavailable: '
+            f"{escape(path.name)}: {escape(str(reason))}</p></figure>"
+        )
+    return (
+        f'<figure><img src="data:{mime};base64,{data}" alt="{caption}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _figures_sections(figures: Mapping[str, Path]) -> str:
+    plain = {k: v for k, v in figures.items() if not _is_gallery(k)}
+    galleries = {k: v for k, v in figures.items() if _is_gallery(k)}
+    out = ""
+    if plain:
+        out += '<h2 id="figures">Figures</h2>' + "".join(_image_tag(k, v) for k, v in plain.items())
+    if galleries:
+        out += '<h2 id="galleries">Galleries</h2>' + "".join(
+            _image_tag(k, v) for k, v in galleries.items()
+        )
+    return out
+
+
+def _is_gallery(name: str) -> bool:
+    low = str(name).lower()
+    return any(w in low for w in _GALLERY_WORDS)
+
+
+def _config_text(config: Mapping[str, Any]) -> str:
+    try:
+        import yaml
+
+        return yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
+    except Exception:  # noqa: BLE001 - any object yaml cannot represent: fall back to JSON
+        return json.dumps(config, indent=2, default=str)
+
+
+def _plain(obj: Any) -> Any:
+    """Config values as YAML-safe builtins (paths and other objects become strings)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def _config_section(config: Mapping[str, Any] | None) -> str:
+    if config is None:
+        return '<h2 id="config">Config</h2><p class="note">No config recorded.</p>'
+    return (
+        '<h2 id="config">Config</h2><details><summary>Resolved config</summary>'
+        f"<pre>{escape(_config_text(config))}</pre></details>"
+    )
+
+
+def render_report(
+    *,
+    title: str,
+    config: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, Path] | None = None,
+    baselines: Mapping[str, Mapping[str, Any]] | None = None,
+    retrieval: Mapping[str, Any] | None = None,
+    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> str:
+    """The report as an HTML5 string (see :func:`write_report`)."""
+    figures = figures or {}
+    sections = [_headline_section(metrics), _per_class_section(metrics)]
+    links = [("headline", "Headline"), ("per-class", "Per class")]
+    if baselines:
+        sections.append(_baselines_section(metrics, baselines))
+        links.append(("baselines", "Baselines"))
+    if retrieval:
+        sections.append(_retrieval_section(retrieval))
+        links.append(("retrieval", "Retrieval"))
+    if extra_tables:
+        sections.append(_extra_tables_section(extra_tables))
+        links.append(("tables", "Tables"))
+    sections.append(_figures_sections(figures))
+    if any(not _is_gallery(k) for k in figures):
+        links.append(("figures", "Figures"))
+    if any(_is_gallery(k) for k in figures):
+        links.append(("galleries", "Galleries"))
+    sections.append(_config_section(config))
+    links.append(("config", "Config"))
+    nav = "<nav>" + "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in links) + "</nav>"
+    t = escape(str(title))
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{t}</title><style>{_CSS}</style></head>\n"
+        f"<body><h1>{t}</h1>{nav}\n" + "\n".join(s for s in sections if s) + "\n</body></html>\n"
+    )
+
+
+def write_report(
+    out_html: str | Path,
+    *,
+    title: str,
+    config: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, Path],
+    baselines: Mapping[str, Mapping[str, Any]] | None = None,
+    retrieval: Mapping[str, Any] | None = None,
+    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> Path:
+    """Write one self-contained HTML5 report and return its path.
+
+    Sections: headline metrics (accuracy, balanced accuracy, weighted F1, macro F1, together),
+    per-class table (with the cell type's full name where known and the confusion counts),
+    baselines (``name -> headline metrics``) and retrieval metrics when given, ``extra_tables``
+    (``name -> rows``), figures, galleries (figures whose name mentions gallery or mistake) and the
+    config as a collapsible YAML block. Images are embedded as base64 ``data:`` URIs; a figure
+    file that is missing is reported in place. The file is written atomically.
+    """
+    out_html = Path(out_html)
+    text = render_report(
+        title=title,
+        config=config,
+        metrics=metrics,
+        figures=figures,
+        baselines=baselines,
+        retrieval=retrieval,
+        extra_tables=extra_tables,
+    )
+    atomic_write_text(out_html, text)
+    return out_html
