@@ -42,6 +42,39 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .data.check import describe_bad, find_bad_images
+    from .data.datasets import load_samples
+
+    samples = load_samples(args.data)
+    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
+    bad = find_bad_images(samples, workers=workers, progress=not args.quiet)
+    counts = Counter(s.label for s in samples)
+    report = {
+        "data": str(args.data),
+        "images": len(samples),
+        "bad": [b.__dict__ for b in bad],
+        "classes": dict(sorted(counts.items())),
+        "single_image_classes": sorted(c for c, n in counts.items() if n == 1),
+    }
+    if args.json:
+        from .utils import atomic_write_json
+
+        atomic_write_json(args.json, report)
+    print(f"{len(samples)} images in {len(counts)} classes: "
+          + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+    if report["single_image_classes"]:
+        print("classes with a single image (positives come from augmented views): "
+              + ", ".join(report["single_image_classes"]))
+    if bad:
+        print(f"{len(bad)} bad image(s):\n{describe_bad(bad, shown=50)}", file=sys.stderr)
+        return 1
+    print("all images decode")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.pipeline import run_demo
 
@@ -69,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             raise ConfigError("train needs --out RUN (or --resume RUN)")
         cfg, out = _config(args), Path(args.out)
+        if args.skip_bad:
+            cfg.data.skip_bad = True
         if (out / "last.json").exists():
             from .errors import ConfigError
 
@@ -98,8 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("check-data", help="decode every image once and list the bad ones")
+    p.add_argument("data", help="ImageFolder root or CSV manifest")
+    p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    p.add_argument("--json", help="write the findings here as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_check_data)
+
     p = sub.add_parser("train", help="train on balanced pairs; checkpoints in --out")
     _add_config_args(p)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images (listed in RUN/skipped_images.json)")
     p.add_argument("--out", help="run folder for checkpoints, logs and the resolved config")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where 'last' stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -49,6 +49,8 @@ class DataConfig:
     synth_size: int = 128
     # DataLoader worker processes (0 = load in the main process).
     num_workers: int = 0
+    # Decode every image once before long work starts (stops on the first bad files, named).
+    check_images: bool = True
     # Skip unreadable images (listed in the outputs) instead of stopping.
     skip_bad: bool = False
 

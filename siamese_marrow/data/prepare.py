@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DataConfig
+from .check import BadImage, validate_samples
 from .datasets import Sample, class_list, load_samples
 from .splits import split_samples
 
@@ -20,6 +21,7 @@ class PreparedData:
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
+    bad: list[BadImage] = field(default_factory=list)
 
 
 def ensure_synthetic(out: str | Path, cfg: DataConfig, seed: int = 0) -> Path:
@@ -40,7 +42,9 @@ def ensure_synthetic(out: str | Path, cfg: DataConfig, seed: int = 0) -> Path:
     return out
 
 
-def prepare_data(cfg: DataConfig, synth_dir: str | Path | None = None) -> PreparedData:
+def prepare_data(
+    cfg: DataConfig, synth_dir: str | Path | None = None, progress: bool = False
+) -> PreparedData:
     """Load ``cfg.root`` (generating synthetic data into ``synth_dir`` when root is "synthetic")
     and split it stratified by class (grouped when the manifest has groups)."""
     root = cfg.root
@@ -49,5 +53,10 @@ def prepare_data(cfg: DataConfig, synth_dir: str | Path | None = None) -> Prepar
             raise ValueError("synthetic data needs a directory to be written to")
         root = str(ensure_synthetic(synth_dir, cfg))
     samples = load_samples(root, cfg.classes)
+    bad: list[BadImage] = []
+    if cfg.check_images:
+        samples, bad = validate_samples(samples, cfg.skip_bad, progress=progress)
     splits = split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    return PreparedData(root, class_list(samples), splits["train"], splits["val"], splits["test"])
+    return PreparedData(
+        root, class_list(samples), splits["train"], splits["val"], splits["test"], bad
+    )

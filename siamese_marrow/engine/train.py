@@ -222,7 +222,7 @@ def train(
             f"sampler.k_per_class={cfg.sampler.k_per_class}: training needs K >= 2 so every class "
             "in a batch has a similar pair (a one-image class repeats as augmented views)"
         )
-    data = prepare_data(cfg.data, synth_dir=out / "synthetic-data")
+    data = prepare_data(cfg.data, synth_dir=out / "synthetic-data", progress=progress)
     if not data.val:
         raise ConfigError("data.val_fraction is 0: training needs a validation split")
 
@@ -277,6 +277,11 @@ def train(
     }
     if sampler.singletons:
         summary["single_image_classes"] = sampler.singletons
+    if data.bad:
+        summary["skipped_images"] = len(data.bad)
+        (out / "skipped_images.json").write_text(
+            json.dumps([b.__dict__ for b in data.bad], indent=2)
+        )
     probe_path = out / "baseline_probe.json"
     if tc.baseline_probe and not probe_path.is_file():
         probe = frozen_probe(data, cfg, device)

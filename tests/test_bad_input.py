@@ -1,0 +1,136 @@
+"""Bad images and bad structure: a clear message naming the file, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamese_marrow.data.check import find_bad_images
+from siamese_marrow.data.datasets import load_samples
+from siamese_marrow.data.io import load_rgb
+from siamese_marrow.data.synth import write_dataset
+from siamese_marrow.errors import ImageDecodeError
+
+
+def _jpeg_bytes(size: int = 32) -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def make_bad_files(folder: Path) -> dict[str, str]:
+    """Write one file of each kind of bad image; return name -> expected words in the error."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(_jpeg_bytes()[:300])
+    (folder / "text.jpg").write_text("this is not an image\n")
+    (folder / "document.png").write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n")
+    Image.new("1", (20_000, 20_000)).save(folder / "bomb.png")  # 400 Mpx in a few kB
+    Image.new("1", (9_000, 8_000)).save(folder / "huge.png")  # 72 Mpx, above our limit
+    return {
+        "empty.jpg": "empty",
+        "truncated.jpg": "truncated",
+        "text.jpg": "not an image",
+        "document.png": "not an image",
+        "bomb.png": "decompression bomb",
+        "huge.png": "above the limit",
+    }
+
+
+def test_each_bad_kind_gets_its_own_clear_error(tmp_path: Path) -> None:
+    expected = make_bad_files(tmp_path)
+    for name, words in expected.items():
+        with pytest.raises(ImageDecodeError) as info:
+            load_rgb(tmp_path / name)
+        assert name in str(info.value) and words in str(info.value), str(info.value)
+
+
+def test_16bit_and_cmyk_are_good_images(tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "a16.png")
+    Image.new("CMYK", (8, 8), (10, 200, 30, 0)).save(tmp_path / "cmyk.jpg")
+    for name in ("a16.png", "cmyk.jpg"):
+        assert load_rgb(tmp_path / name).mode == "RGB"
+
+
+@pytest.fixture
+def dirty_data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    write_dataset(root, {"BLA": 6, "EOS": 6, "LYT": 6}, seed=0, size=32)
+    make_bad_files(root / "EOS")
+    return root
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "siamese_marrow.cli", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )
+
+
+def test_check_data_lists_every_bad_file(dirty_data: Path, tmp_path: Path) -> None:
+    bad = find_bad_images(load_samples(dirty_data))
+    assert len(bad) == 6
+    r = _cli("check-data", str(dirty_data), "--quiet", "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 1
+    for name in make_bad_files(tmp_path / "again"):
+        assert name in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(json.loads((tmp_path / "c.json").read_text())["bad"]) == 6
+
+
+TINY = [
+    "--set", "model.backbone=test_efficientnet", "--set", "model.pretrained=none",
+    "--set", "model.img_size=32", "--set", "model.embed_dim=8", "--set", "sampler.p_classes=3",
+    "--set", "sampler.k_per_class=2", "--set", "sampler.batches_per_epoch=2",
+    "--set", "train.epochs=1", "--set", "train.baseline_probe=false",
+    "--set", "data.val_fraction=0.3",
+]
+
+
+def test_train_stops_before_work_and_skip_bad_lists_them(dirty_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = _cli("train", "--out", str(run), "--quiet", "--set", f"data.root={dirty_data}", *TINY)
+    assert r.returncode == 2, r.stderr
+    assert "6 of 24 images cannot be used" in r.stderr and "truncated.jpg" in r.stderr
+    assert "--skip-bad" in r.stderr and "Traceback" not in r.stderr
+    assert not (run / "last.json").exists()
+
+    r = _cli("train", "--out", str(run), "--quiet", "--skip-bad",
+             "--set", f"data.root={dirty_data}", *TINY)
+    assert r.returncode == 0, r.stderr
+    skipped = json.loads((run / "skipped_images.json").read_text())
+    assert len(skipped) == 6 and all(s["problem"] for s in skipped)
+    assert json.loads(r.stdout)["skipped_images"] == 6
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--set", "train.epochs=many"], "train.epochs: expected an integer"),
+        (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
+        (["--set", "sampler.p_classes=9"], "p_classes=9 but the training data has only 3"),
+    ],
+)
+def test_bad_config_is_one_clear_line(dirty_data: Path, tmp_path: Path, args: list[str],
+                                      words: str) -> None:
+    r = _cli("train", "--out", str(tmp_path / "r"), "--quiet", "--skip-bad",
+             "--set", f"data.root={dirty_data}", *TINY, *args)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_missing_data_folder_and_empty_class(tmp_path: Path) -> None:
+    r = _cli("check-data", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    (tmp_path / "d" / "BLA").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "BLA" / "a.png")
+    (tmp_path / "d" / "EOS").mkdir()
+    r = _cli("check-data", str(tmp_path / "d"))
+    assert r.returncode == 2 and "EOS" in r.stderr and "hold no images" in r.stderr
