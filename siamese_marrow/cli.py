@@ -115,6 +115,96 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_bank(args: argparse.Namespace) -> int:
+    from .engine import inference as inf
+
+    if args.bank_command == "build":
+        _print_json(inf.bank_build(args.run, args.data, args.out, checkpoint=args.checkpoint,
+                                   factory=args.index, num_workers=args.workers,
+                                   progress=not args.quiet))
+    elif args.bank_command == "add":
+        _print_json(inf.bank_add(args.bank, args.label, args.images, run=args.run,
+                                 num_workers=args.workers, progress=not args.quiet))
+    elif args.bank_command == "remove":
+        _print_json(inf.bank_remove(args.bank, args.label, run=args.run))
+    else:
+        _print_json(inf.bank_info(args.bank))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .engine import inference as inf
+
+    bank = inf.open_bank(args.bank, run=args.run)
+    records, timing = inf.classify_paths_timed(
+        bank, args.images, abstain_below=args.abstain_below, top_m=args.top_m,
+        num_workers=args.workers,
+    )
+    text = inf.format_records(records, args.format)
+    if args.output:
+        from .utils import atomic_write_text
+
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if args.timing:
+        print(json.dumps(timing), file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .engine import inference as inf
+
+    results = inf.search_paths(inf.open_bank(args.bank, run=args.run), [args.image], k=args.k)
+    if args.gallery:
+        inf.gallery_png(results[0]["path"], results[0]["neighbours"], args.gallery)
+    _print_json(results[0])
+    return 0
+
+
+def cmd_fewshot_eval(args: argparse.Namespace) -> int:
+    from .engine.inference import fewshot_eval
+    from .errors import ConfigError
+
+    try:
+        shots = [int(k) for k in args.k_shot.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--k-shot {args.k_shot!r}: expected numbers like 1,5") from None
+    result = fewshot_eval(args.run, args.data, args.n_way, shots, args.n_query, args.episodes,
+                          seed=args.seed, checkpoint=args.checkpoint, progress=not args.quiet)
+    if args.json:
+        from .utils import atomic_write_json
+
+        atomic_write_json(args.json, result)
+    _print_json(result)
+    return 0
+
+
+def cmd_retrieval_eval(args: argparse.Namespace) -> int:
+    from .engine import inference as inf
+
+    bank = inf.open_bank(args.bank, run=args.run)
+    result = inf.retrieval_eval(bank, args.data, progress=not args.quiet)
+    if args.json:
+        from .utils import atomic_write_json
+
+        atomic_write_json(args.json, result)
+    _print_json(result)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate
+
+    _print_json(evaluate(args.run, data=args.data, bank=args.bank, out=args.out,
+                         checkpoint=args.checkpoint, progress=not args.quiet))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="siamese-marrow",
@@ -148,6 +238,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where 'last' stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bank", help="build, extend or inspect an anchor bank")
+    bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
+    b = bank_sub.add_parser("build", help="embed a data set with a run's model into a bank")
+    b.add_argument("--run", required=True)
+    b.add_argument("--data", required=True, help="ImageFolder root or CSV manifest")
+    b.add_argument("--out", required=True, help="bank directory")
+    b.add_argument("--index", help="FAISS factory string (default: the run's bank.index)")
+    b.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    b.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    b.add_argument("--quiet", action="store_true")
+    b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
+    b.add_argument("--bank", required=True)
+    b.add_argument("--label", required=True, help="class code of the new anchors")
+    b.add_argument("images", nargs="+", help="image files or folders")
+    b.add_argument("--run", help="the run whose model built the bank, if it has moved")
+    b.add_argument("--workers", type=int, default=0)
+    b.add_argument("--quiet", action="store_true")
+    b = bank_sub.add_parser("remove", help="remove every anchor of a class")
+    b.add_argument("--bank", required=True)
+    b.add_argument("--label", required=True)
+    b.add_argument("--run", help="the run whose model built the bank, if it has moved")
+    b = bank_sub.add_parser("info", help="print a bank's manifest")
+    b.add_argument("--bank", required=True)
+    p.set_defaults(func=cmd_bank)
+
+    p = sub.add_parser("classify", help="consensus classification against a bank")
+    p.add_argument("--bank", required=True)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--format", choices=("jsonl", "json", "csv"), default="jsonl")
+    p.add_argument("--abstain-below", type=float, metavar="P",
+                   help="call a prediction 'uncertain' when its probability is below P")
+    p.add_argument("--top-m", type=int, help="FAISS candidates per query (default: the bank's)")
+    p.add_argument("--output", "-o", help="write here instead of standard output")
+    p.add_argument("--timing", action="store_true", help="print the time breakdown to stderr")
+    p.add_argument("--run", help="the run whose model built the bank, if it has moved")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("search", help="nearest anchors of an image: the evidence behind a call")
+    p.add_argument("--bank", required=True)
+    p.add_argument("image")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--gallery", help="also draw the query and its neighbours to this PNG")
+    p.add_argument("--run", help="the run whose model built the bank, if it has moved")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("fewshot-eval", help="seeded N-way K-shot episodes on unseen classes")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--k-shot", default="1,5", help="comma-separated shots, e.g. 1,5")
+    p.add_argument("--n-query", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fewshot_eval)
+
+    p = sub.add_parser("retrieval-eval", help="precision@1, R-precision, MAP@R, recall@k")
+    p.add_argument("--bank", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--run", help="the run whose model built the bank, if it has moved")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_retrieval_eval)
+
+    p = sub.add_parser("evaluate", help="metrics.json, figures and report.html for a run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", help="images to classify (default: the run's held-out split)")
+    p.add_argument("--bank", help="anchor bank (default: the run's training split, in memory)")
+    p.add_argument("--out", help="output folder (default RUN/eval)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "demo", help="the whole path on the embedded synthetic data, on CPU in minutes"

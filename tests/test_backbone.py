@@ -42,6 +42,9 @@ def test_embedding_contract() -> None:
     assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
     # input size resolved from the model when not given
     assert create_backbone("resnet18", "none").spec.img_size == 224
+    # a pre-logits head (MobileNetV3) pools to head_hidden_size, not num_features
+    mnv3 = create_backbone("mobilenetv3_small_050", "none", embed_dim=16, img_size=64)
+    assert mnv3.num_features == 1024 and mnv3(torch.randn(2, 3, 64, 64)).shape == (2, 16)
 
 
 def test_unknown_backbone_lists_close_matches() -> None:

@@ -34,7 +34,9 @@ class Backbone(nn.Module):
         super().__init__()
         self.model = model
         self.spec = spec
-        self.num_features = int(model.num_features)
+        # the width of the pooled output with num_classes=0: models with a pre-logits head
+        # (e.g. MobileNetV3) output head_hidden_size, not num_features
+        self.num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.proj: nn.Module = (
             nn.Linear(self.num_features, embed_dim) if embed_dim > 0 else nn.Identity()

@@ -1,0 +1,180 @@
+"""N-way K-shot episodes on precomputed embeddings: Siamese consensus, prototypes and 1-NN.
+
+Every image is embedded once (no augmentation); each episode draws its support and query sets
+from those embeddings, so the three methods are compared on exactly the same vectors:
+
+- ``siamese``: the support images are the anchors; the pair heads score every query against
+  every support image and ``model.consensus`` turns the scores into class probabilities g;
+- ``prototype``: cosine similarity to the class mean of the support embeddings (ProtoNet);
+- ``nn1``: the class of the most cosine-similar support image.
+
+Accuracy is averaged over episodes; ``ci95 = 1.96 * std / sqrt(E)`` (population std over the E
+episode accuracies, as is usual in the few-shot literature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from ..models import SiameseNet
+
+METHODS = ("siamese", "prototype", "nn1")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Indices into the dataset and episode-local labels ``0..N-1``.
+
+    ``support (N*K,)``, ``support_labels (N*K,)``, ``query (N*Q,)``, ``query_labels (N*Q,)``;
+    ``classes (N,)`` the dataset labels of the N episode classes.
+    """
+
+    classes: np.ndarray
+    support: np.ndarray
+    support_labels: np.ndarray
+    query: np.ndarray
+    query_labels: np.ndarray
+
+
+class EpisodeSampler:
+    """Seeded N-way K-shot episodes that need only the labels (no image is loaded).
+
+    Episode ``e`` is drawn with ``numpy.random.default_rng([seed, e])``, so it does not depend on
+    how many episodes are drawn or in what order.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        n_way: int,
+        k_shot: int,
+        n_query: int,
+        episodes: int,
+        seed: int = 0,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if n_way < 2 or k_shot < 1 or n_query < 1 or episodes < 1:
+            raise DataError(
+                f"n_way={n_way}, k_shot={k_shot}, n_query={n_query}, episodes={episodes}: "
+                "need n_way >= 2 and k_shot, n_query, episodes >= 1"
+            )
+        classes, counts = np.unique(labels, return_counts=True)
+        name = (lambda c: class_names[c]) if class_names is not None else str  # noqa: E731
+        need = k_shot + n_query
+        short = [(name(int(c)), int(n)) for c, n in zip(classes, counts, strict=True) if n < need]
+        if short:
+            listed = ", ".join(f"{c} has {n}" for c, n in short)
+            raise DataError(
+                f"{listed} image(s); {k_shot}-shot episodes with {n_query} queries per class need "
+                f"at least {k_shot} + {n_query} = {need} images in every class: lower --k-shot or "
+                "--n-query, or leave those classes out"
+            )
+        if n_way > len(classes):
+            raise DataError(f"n_way={n_way} but the data hold only {len(classes)} classes")
+        self.labels = labels
+        self.classes = classes
+        self.members = {int(c): np.flatnonzero(labels == c) for c in classes}
+        self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
+        self.episodes, self.seed = episodes, seed
+
+    def __len__(self) -> int:
+        return self.episodes
+
+    def episode(self, e: int) -> Episode:
+        rng = np.random.default_rng([self.seed, e])
+        chosen = rng.choice(self.classes, size=self.n_way, replace=False)
+        sup, qry = [], []
+        for c in chosen:
+            pick = rng.choice(self.members[int(c)], size=self.k_shot + self.n_query, replace=False)
+            sup.append(pick[: self.k_shot])
+            qry.append(pick[self.k_shot :])
+        way = np.arange(self.n_way)
+        return Episode(
+            chosen.astype(np.int64),
+            np.concatenate(sup),
+            np.repeat(way, self.k_shot),
+            np.concatenate(qry),
+            np.repeat(way, self.n_query),
+        )
+
+    def __iter__(self) -> Iterator[Episode]:
+        for e in range(self.episodes):
+            yield self.episode(e)
+
+
+@torch.no_grad()
+def episode_predictions(
+    model: SiameseNet, embeddings: torch.Tensor, ep: Episode, n_way: int
+) -> dict[str, torch.Tensor]:
+    """Predicted episode labels ``(N*Q,)`` of each method; ``embeddings (N_all, D)`` unit-norm."""
+    device = embeddings.device
+    s = embeddings[torch.from_numpy(ep.support).to(device)]  # (S, D)
+    q = embeddings[torch.from_numpy(ep.query).to(device)]  # (Q, D)
+    s_lab = torch.from_numpy(ep.support_labels).to(device)
+    l1, l2 = model.score_matrix(s, q)  # (Q, S) logits
+    g = model.consensus((torch.sigmoid(l1), torch.sigmoid(l2)), s_lab, n_way)
+    onehot = F.one_hot(s_lab, n_way).to(s.dtype)  # (S, N)
+    protos = F.normalize(onehot.T @ s / onehot.sum(0)[:, None], dim=-1)  # (N, D)
+    cos = q @ s.T  # (Q, S)
+    return {
+        "siamese": g.argmax(1),
+        "prototype": (q @ protos.T).argmax(1),
+        "nn1": s_lab[cos.argmax(1)],
+    }
+
+
+def mean_ci(accuracies: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "ci95"}`` of episode accuracies; ci95 = 1.96 * std / sqrt(E)."""
+    a = np.asarray(accuracies, dtype=np.float64)
+    return {"mean": float(a.mean()), "ci95": float(1.96 * a.std() / np.sqrt(len(a)))}
+
+
+def fewshot_evaluate(
+    model: SiameseNet,
+    embeddings: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    n_way: int,
+    k_shots: Sequence[int],
+    n_query: int,
+    episodes: int,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Mean accuracy and 95% CI of each method for each K, on embeddings ``(N_all, D)``.
+
+    Returns ``{"n_way", "n_query", "episodes", "seed", "results": {method: {str(K): {"mean",
+    "ci95"}}}}``. Every K is checked against the class sizes before any episode runs.
+    """
+    samplers = {
+        k: EpisodeSampler(labels, n_way, k, n_query, episodes, seed, class_names) for k in k_shots
+    }
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+    results: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METHODS}
+    for k, sampler in samplers.items():
+        accs: dict[str, list[float]] = {m: [] for m in METHODS}
+        for ep in sampler:
+            preds = episode_predictions(model, emb, ep, n_way)
+            truth = torch.from_numpy(ep.query_labels).to(device)
+            for m in METHODS:
+                accs[m].append(float((preds[m] == truth).float().mean()))
+        for m in METHODS:
+            results[m][str(k)] = mean_ci(accs[m])
+    model.train(was_training)
+    return {
+        "n_way": n_way,
+        "n_query": n_query,
+        "episodes": episodes,
+        "seed": seed,
+        "results": results,
+    }

@@ -1,0 +1,542 @@
+"""The anchor bank: labelled reference embeddings in a FAISS index, saved as one directory.
+
+Layout of a bank directory (every file listed with its sha256 in ``manifest.json``)::
+
+    BANK/index.faiss       the FAISS index (ids = anchor ids)
+    BANK/embeddings.npy    (N, D) float32, unit-norm rows, in anchor order (read without pickle)
+    BANK/anchors.json      [{"id": int, "path": str, "label": str}, ...], same order
+    BANK/config.yaml       the resolved config of the run the bank was built with
+    BANK/manifest.json     model identity, index factory, classes with counts, file hashes
+
+The manifest records the run (path and checkpoint) and the sha256 of its weights and config, so a
+bank is only ever queried with the model that embedded it: :meth:`AnchorBank.load` refuses any
+other. The embeddings matrix is kept beside the index so that each class's exact nearest anchors
+can be found (:mod:`.classify`) and the index rebuilt after anchors are removed.
+
+Saving is atomic for the directory as a whole: the new bank is written into a temporary sibling
+``.BANK.tmp-*`` and fsynced, then the old bank is renamed to ``.BANK.bak``, the new one to
+``BANK``, and the backup deleted. A process killed at any moment leaves a loadable bank: if it died
+between the two renames, ``BANK`` is missing and :meth:`AnchorBank.load` (and the next ``save``)
+renames the backup back into place; a leftover backup beside a complete ``BANK`` is deleted; a
+leftover temporary directory is ignored by ``load`` and removed by the next ``save``. One writer
+per bank at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..config import BankConfig, save_config
+from ..data.datasets import Sample, collate_images
+from ..data.io import load_rgb
+from ..data.transforms import eval_transform
+from ..engine.checkpoint import CheckpointError, LoadedRun, load_run
+from ..errors import SiameseMarrowError
+from ..models import SiameseNet
+from ..utils import sha256_file
+from .faiss_index import FaissIndex, RemoveUnsupported
+
+if TYPE_CHECKING:
+    from .classify import Classification
+
+FORMAT = "siamese-marrow-anchor-bank"
+FORMAT_VERSION = 1
+BANK_FILES = ("index.faiss", "embeddings.npy", "anchors.json", "config.yaml")
+MANIFEST = "manifest.json"
+
+
+class BankError(SiameseMarrowError):
+    """A bank that is missing, damaged, or does not belong to the model given."""
+
+
+class _PathDataset(Dataset):
+    def __init__(self, paths: Sequence[str], transform: Any) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_rgb(self.paths[i])), 0
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def embed_paths(
+    model: SiameseNet,
+    paths: Sequence[str | Path],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "embed",
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Embeddings ``(N, D)`` float32 of image files (no augmentation) and a timing breakdown.
+
+    Timing: ``backbone_s`` (``model.embed`` only), ``load_s`` (decode + transform, waiting for
+    the loader) and ``total_s``.
+    """
+    t_start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    ds = _PathDataset([str(p) for p in paths], eval_transform(model.backbone.spec))
+    loader = DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_images
+    )
+    feats: list[np.ndarray] = []
+    backbone = load = 0.0
+    t = time.perf_counter()
+    for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        t1 = time.perf_counter()
+        load += t1 - t
+        feats.append(model.embed(x.to(device)).float().cpu().numpy())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        backbone += t - t1
+    model.train(was_training)
+    emb = np.concatenate(feats) if feats else np.zeros((0, model.dim), np.float32)
+    total = time.perf_counter() - t_start
+    return emb.astype(np.float32, copy=False), {
+        "load_s": load,
+        "backbone_s": backbone,
+        "total_s": total,
+    }
+
+
+class AnchorBank:
+    """Labelled anchors: ``embeddings (N, D)``, ``anchors`` metadata and a FAISS ``index``.
+
+    Anchor ids are unique, increasing with insertion and never reused, so the rows of
+    ``embeddings`` are sorted by id. ``classes`` is the sorted list of labels present; ``labels``
+    gives each anchor's index into it.
+    """
+
+    def __init__(self, run: LoadedRun, factory: str | None = None) -> None:
+        self.run = run
+        self.model: SiameseNet = run.model
+        self.config = copy.deepcopy(run.cfg)
+        if factory:
+            self.config.bank.index = factory
+        self.factory = self.config.bank.index
+        self.index = FaissIndex(self.model.dim, self.factory, "ip")
+        self.embeddings = np.zeros((0, self.model.dim), np.float32)
+        self.anchors: list[dict[str, Any]] = []
+        self.next_id = 0
+        self._refresh()
+
+    # --- views ----------------------------------------------------------------------------------
+    @property
+    def bank_config(self) -> BankConfig:
+        """top_m, per_class_k, abstain_below (and the index factory) used by ``classify``."""
+        return self.config.bank
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def _refresh(self) -> None:
+        names = [a["label"] for a in self.anchors]
+        self.classes: list[str] = sorted(set(names))
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        self.labels = np.array([lookup[n] for n in names], dtype=np.int64)
+        self.ids = np.array([a["id"] for a in self.anchors], dtype=np.int64)
+        self._paths = {a["path"] for a in self.anchors}
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(a["label"] for a in self.anchors)
+        return {c: counts[c] for c in self.classes}
+
+    def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``embeddings`` for anchor ids (any shape); ``-1`` stays ``-1``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = np.searchsorted(self.ids, ids).clip(0, max(len(self.ids) - 1, 0))
+        ok = (ids >= 0) & (len(self.ids) > 0)
+        if len(self.ids):
+            ok &= self.ids[rows] == ids
+        return np.where(ok, rows, -1)
+
+    # --- building -------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        loaded_run: LoadedRun,
+        samples: Sequence[Sample],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        factory: str | None = None,
+        progress: bool = False,
+    ) -> AnchorBank:
+        """Embed every sample with the run's model and index it (``factory`` defaults to the
+        run's ``bank.index``)."""
+        bank = cls(loaded_run, factory)
+        bank.add(samples, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        return bank
+
+    def add(
+        self,
+        items: Sequence[Sample | str | Path],
+        label: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embed images with the bank's model and add them; returns their anchor ids ``(n,)``.
+
+        ``items`` are :class:`Sample` (their own labels, unless ``label`` is given) or paths
+        (``label`` required). New labels become new classes at once: that is few-shot.
+        """
+        paths: list[str] = []
+        labels: list[str] = []
+        for it in items:
+            if isinstance(it, Sample):
+                paths.append(it.path)
+                labels.append(label or it.label)
+            else:
+                if not label:
+                    raise BankError("adding image paths needs a label (e.g. --label ABE)")
+                paths.append(str(it))
+                labels.append(label)
+        if not paths:
+            raise BankError("no images to add")
+        paths = [str(Path(p).absolute()) for p in paths]
+        self._check_new_paths(paths)
+        emb, _ = embed_paths(self.model, paths, batch_size, num_workers, progress, desc="bank")
+        return self.add_embeddings(emb, paths, labels)
+
+    def _check_new_paths(self, paths: Sequence[str]) -> None:
+        seen: set[str] = set()
+        dup = [p for p in paths if p in self._paths or (p in seen or seen.add(p))]
+        if dup:
+            raise BankError(
+                f"{len(dup)} image(s) are already in the bank or listed twice, e.g. {dup[0]}; "
+                "each image can be an anchor once"
+            )
+
+    def add_embeddings(
+        self, embeddings: np.ndarray, paths: Sequence[str], labels: Sequence[str]
+    ) -> np.ndarray:
+        """Add precomputed unit-norm embeddings ``(n, D)`` with their paths and labels."""
+        emb = np.asarray(embeddings)
+        n = len(paths)
+        if emb.ndim != 2 or emb.shape != (n, self.dim) or len(labels) != n:
+            raise ValueError(
+                f"add_embeddings: embeddings {emb.shape}, {n} paths, {len(labels)} labels; "
+                f"expected ({n}, {self.dim}) and as many paths and labels"
+            )
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        norms = np.linalg.norm(emb, axis=1)
+        if n and not np.allclose(norms, 1.0, atol=1e-3):
+            raise ValueError(f"add_embeddings: rows must be unit-norm (norms {norms.min():.4f}..)")
+        self._check_new_paths(paths)
+        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.index.add(emb, ids)  # an untrained (IVF/PQ) index is empty: it trains on these
+        self.embeddings = np.concatenate([self.embeddings, emb])
+        self.anchors.extend(
+            {"id": int(i), "path": str(p), "label": str(lab)}
+            for i, p, lab in zip(ids, paths, labels, strict=True)
+        )
+        self.next_id += n
+        self._refresh()
+        return ids
+
+    def remove(self, label: str) -> int:
+        """Remove every anchor of class ``label``; returns how many were removed."""
+        if label not in self.classes:
+            raise BankError(
+                f"class {label!r} is not in the bank; "
+                f"classes: {', '.join(self.classes) or '(none)'}"
+            )
+        drop = self.labels == self.classes.index(label)
+        try:
+            self.index.remove(self.ids[drop])
+            rebuild = False
+        except RemoveUnsupported:  # HNSW: rebuild from the kept embeddings
+            rebuild = True
+        keep = ~drop
+        self.embeddings = np.ascontiguousarray(self.embeddings[keep])
+        self.anchors = [a for a, k in zip(self.anchors, keep, strict=True) if k]
+        self._refresh()
+        if rebuild:
+            self.rebuild_index()
+        return int(drop.sum())
+
+    def rebuild_index(self, factory: str | None = None) -> None:
+        """A fresh index (trained again if IVF/PQ) over the kept embeddings."""
+        if factory:
+            self.factory = self.config.bank.index = factory
+        index = FaissIndex(self.dim, self.factory, "ip")
+        index.add(self.embeddings, self.ids)
+        self.index = index
+
+    # --- querying -------------------------------------------------------------------------------
+    def embed_images(
+        self, paths: Sequence[str | Path], batch_size: int = 64, num_workers: int = 0
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Embeddings ``(B, D)`` of image files with the bank's model, and the timing."""
+        return embed_paths(self.model, paths, batch_size, num_workers)
+
+    def classify(self, queries: np.ndarray, **kwargs: Any) -> Classification:
+        """Consensus classification of query embeddings ``(B, D)``: :func:`.classify.classify`."""
+        from .classify import classify
+
+        return classify(self, queries, **kwargs)
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[dict[str, Any]]]:
+        """Nearest anchors of query embeddings ``(B, D)``; see :func:`.classify.search`."""
+        from .classify import search
+
+        return search(self, queries, k)
+
+    # --- files ----------------------------------------------------------------------------------
+    def manifest(self, files: dict[str, str]) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "run": str(Path(self.run.run).absolute()),
+            "checkpoint": self.run.name,
+            "weights_sha256": self.run.meta["weights_sha256"],
+            "config_digest": self.run.cfg.digest(),
+            "backbone": self.run.cfg.model.backbone,
+            "embed_dim": int(self.dim),
+            "normalisation": "l2",
+            "metric": "inner_product",
+            "index_factory": self.factory,
+            "bank_config": dataclasses.asdict(self.config.bank),
+            "num_anchors": len(self.anchors),
+            "next_id": int(self.next_id),
+            "classes": self.class_counts(),
+            "files": files,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the bank as one directory, atomically (see the module docstring)."""
+        target = Path(directory).absolute()
+        parent = target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        recover(target)
+        if target.exists():
+            if not target.is_dir():
+                raise BankError(f"{target} exists and is not a directory; choose another path")
+            if not (target / MANIFEST).is_file() and any(target.iterdir()):
+                raise BankError(
+                    f"{target} exists, is not empty and is not an anchor bank (no {MANIFEST}); "
+                    "choose another path"
+                )
+        for stale in parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        try:
+            self._write_files(tmp)
+            backup = _backup_of(target)
+            if backup.exists():
+                shutil.rmtree(backup)
+            if target.exists():
+                os.rename(target, backup)
+            os.rename(tmp, target)
+            _fsync_dir(parent)
+            if backup.exists():
+                shutil.rmtree(backup)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _write_files(self, d: Path) -> None:
+        self.index.save(d / "index.faiss")
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(self.embeddings, dtype=np.float32), allow_pickle=False)
+        _write(d / "embeddings.npy", buf.getvalue())
+        _write(d / "anchors.json", (json.dumps(self.anchors, indent=1) + "\n").encode())
+        save_config(self.config, d / "config.yaml")
+        files = {name: sha256_file(d / name) for name in BANK_FILES}
+        _write(d / MANIFEST, (json.dumps(self.manifest(files), indent=2) + "\n").encode())
+        _fsync_dir(d)
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        loaded_run: LoadedRun | None = None,
+        *,
+        run: str | Path | None = None,
+        checkpoint: str | None = None,
+        device: str = "cpu",
+    ) -> AnchorBank:
+        """Read a bank and check it against the model.
+
+        The model is ``loaded_run`` if given, else the run ``run`` (default: the run recorded in
+        the manifest) and its ``checkpoint``. Refused with :class:`BankError` when a file's sha256
+        differs from the manifest (damaged or tampered) or when the model's weights sha256 or
+        config digest differ from the ones the bank was built with.
+        """
+        target = Path(directory).absolute()
+        try:
+            recover(target)
+        except OSError:  # read-only place: read the previous bank where it lies
+            if not (target / MANIFEST).is_file() and (_backup_of(target) / MANIFEST).is_file():
+                target = _backup_of(target)
+        manifest = read_manifest(target)
+        for name in BANK_FILES:
+            path = target / name
+            expected = manifest["files"].get(name)
+            if not path.is_file() or expected is None:
+                raise BankError(f"{path} is missing; the bank {target} is incomplete, rebuild it")
+            if sha256_file(path) != expected:
+                raise BankError(
+                    f"{path} does not match the sha256 recorded in {target / MANIFEST} "
+                    "(damaged or tampered); rebuild the bank or restore the file"
+                )
+        if loaded_run is None:
+            run_dir = Path(run) if run is not None else Path(manifest["run"])
+            name = checkpoint or manifest["checkpoint"]
+            try:
+                loaded_run = load_run(run_dir, name, device=device)
+            except CheckpointError as e:
+                raise BankError(
+                    f"cannot load the model of bank {target} from run {run_dir} "
+                    f"(checkpoint {name}): {e}; pass --run RUN with the run the bank was built "
+                    f"with (weights sha256 {manifest['weights_sha256'][:12]}...)"
+                ) from None
+        check_model(manifest, loaded_run, target)
+
+        try:
+            emb = np.load(target / "embeddings.npy", allow_pickle=False)
+            anchors = json.loads((target / "anchors.json").read_text())
+        except (ValueError, OSError) as e:
+            raise BankError(
+                f"{target}: embeddings.npy or anchors.json cannot be read ({e})"
+            ) from None
+        dim = loaded_run.model.dim
+        if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != dim:
+            raise BankError(
+                f"{target}/embeddings.npy holds {emb.dtype} {emb.shape}; "
+                f"expected float32 (N, {dim})"
+            )
+        if len(anchors) != len(emb) or not all(
+            isinstance(a, dict) and {"id", "path", "label"} <= set(a) for a in anchors
+        ):
+            raise BankError(
+                f"{target}/anchors.json lists {len(anchors)} anchors for {len(emb)} embeddings "
+                "(each needs id, path, label); rebuild the bank"
+            )
+        bank = cls(loaded_run, manifest["index_factory"])
+        known = {f.name for f in dataclasses.fields(BankConfig)}
+        saved = {k: v for k, v in manifest.get("bank_config", {}).items() if k in known}
+        bank.config.bank = BankConfig(**saved)
+        bank.config.bank.index = bank.factory = manifest["index_factory"]
+        bank.index = FaissIndex.load(target / "index.faiss", manifest["index_factory"], "ip")
+        bank.embeddings = np.ascontiguousarray(emb)
+        bank.anchors = anchors
+        bank.next_id = int(manifest.get("next_id", len(anchors)))
+        bank._refresh()
+        if bank.index.ntotal != len(emb) or not np.array_equal(np.sort(bank.index.ids()), bank.ids):
+            raise BankError(
+                f"{target}/index.faiss holds {bank.index.ntotal} vectors whose ids do not match "
+                f"the {len(emb)} anchors; rebuild the bank"
+            )
+        return bank
+
+
+def read_manifest(target: Path) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of a bank directory, with its format checked."""
+    path = target / MANIFEST
+    if not path.is_file():
+        raise BankError(
+            f"{target} is not an anchor bank (no {MANIFEST}); build one with "
+            "siamese-marrow bank build --run RUN --data DIR --out BANK"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BankError(f"{path} is damaged (not valid JSON: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BankError(f"{path} is not an anchor-bank manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BankError(
+            f"{path} has format version {manifest.get('format_version')}; this version of "
+            f"siamese-marrow reads version {FORMAT_VERSION}; rebuild the bank"
+        )
+    missing = [
+        k
+        for k in ("run", "checkpoint", "weights_sha256", "config_digest", "files", "index_factory")
+        if k not in manifest
+    ]
+    if missing:
+        raise BankError(f"{path} lacks {', '.join(missing)}; rebuild the bank")
+    return manifest
+
+
+def check_model(manifest: dict[str, Any], loaded_run: LoadedRun, where: Path) -> None:
+    """Refuse a model other than the one the bank was built with, naming both."""
+    have_w = loaded_run.meta.get("weights_sha256", "?")
+    have_c = loaded_run.cfg.digest()
+    want_w, want_c = manifest["weights_sha256"], manifest["config_digest"]
+    if have_w != want_w or have_c != want_c:
+        what = "weights" if have_w != want_w else "model config"
+        raise BankError(
+            f"bank {where} was built with run {manifest['run']} ({manifest['checkpoint']}: weights "
+            f"sha256 {want_w[:16]}, config digest {want_c[:16]}); the model given, run "
+            f"{loaded_run.run} ({loaded_run.name}), has weights sha256 {have_w[:16]}, config "
+            f"digest {have_c[:16]}: its {what} differ(s). Use the run the bank was built with, or "
+            "rebuild the bank with this run"
+        )
+
+
+def _backup_of(target: Path) -> Path:
+    return target.parent / f".{target.name}.bak"
+
+
+def recover(target: Path) -> None:
+    """Finish or undo a save that was interrupted (see the module docstring)."""
+    backup = _backup_of(target)
+    if not backup.exists():
+        return
+    if (target / MANIFEST).is_file():
+        shutil.rmtree(backup, ignore_errors=True)  # the new bank made it; drop the old one
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists():
+        os.rename(backup, target)  # died between the two renames: the old bank comes back
+        _fsync_dir(target.parent)
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

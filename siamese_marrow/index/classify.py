@@ -1,0 +1,276 @@
+"""Consensus classification and nearest-anchor search against an :class:`AnchorBank`.
+
+For each query embedding (DESIGN.md, "Anchor bank"):
+
+1. the FAISS index gives the ``top_m`` nearest anchors;
+2. every class of the bank with fewer than ``min(per_class_k, class size)`` anchors among them
+   adds its own ``per_class_k`` nearest anchors, found by exact search in that class's embeddings
+   (one matrix product per class, for all the queries that need it);
+3. the pair heads score the query against all its candidates in ONE batched call
+   (queries x candidates, padding labelled -1 so the consensus ignores it);
+4. ``model.consensus`` aggregates per class into g, which therefore covers every class.
+
+Reported per anchor: ``similarity`` = cosine of the unit-norm embeddings (computed exactly, even
+when the index is approximate) and ``pair_probability`` = (h1 + h2) / 2, the mean of the two gate
+probabilities that anchor and query show the same class.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .bank import AnchorBank
+
+UNCERTAIN = "uncertain"
+
+
+@dataclass
+class Classification:
+    """Results for B queries over the C classes of a bank.
+
+    Attributes:
+        classes: the bank's classes (columns of ``probabilities``).
+        probabilities: g, ``(B, C)`` float32; each row sums to 1.
+        top: ``(B,)`` index of the most probable class.
+        predictions: class code, or ``"uncertain"`` when the top probability < ``abstain_below``.
+        support: per query, the top class's candidate anchors, best pair probability first:
+            ``{"path", "label", "similarity", "pair_probability"}``.
+        timing: seconds spent in ``search_s`` (FAISS + per-class exact search), ``heads_s`` (pair
+            heads + consensus) and ``total_s``.
+        num_candidates: ``(B,)`` candidates scored per query.
+    """
+
+    classes: list[str]
+    probabilities: np.ndarray
+    top: np.ndarray
+    predictions: list[str]
+    support: list[list[dict[str, Any]]]
+    timing: dict[str, float] = field(default_factory=dict)
+    num_candidates: np.ndarray | None = None
+
+    def records(self, paths: list[str]) -> list[dict[str, Any]]:
+        """One dict per query in the classify-jsonl shape."""
+        return [
+            {
+                "path": str(p),
+                "prediction": pred,
+                "probabilities": {c: float(v) for c, v in zip(self.classes, prob, strict=True)},
+                "anchors": sup,
+            }
+            for p, pred, prob, sup in zip(
+                paths, self.predictions, self.probabilities, self.support, strict=True
+            )
+        ]
+
+
+def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    q = np.asarray(queries)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries: expected shape (B, {dim}), got {q.shape}")
+    if not np.issubdtype(q.dtype, np.floating):
+        raise TypeError(f"queries: expected floating-point embeddings, got {q.dtype}")
+    return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def class_members(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    """Rows of each class, ``[(n_c,) int64 for c in range(C)]``."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    return [order[bounds[c] : bounds[c + 1]] for c in range(num_classes)]
+
+
+def per_class_counts(rows: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(B, C)`` number of candidates of each class among ``rows (B, K)`` (-1 = padding)."""
+    b = rows.shape[0]
+    lab = np.where(rows >= 0, labels[rows.clip(0)], -1) + 1  # 0 = padding
+    flat = (np.arange(b)[:, None] * (num_classes + 1) + lab).ravel()
+    counts = np.bincount(flat, minlength=b * (num_classes + 1)).reshape(b, num_classes + 1)
+    return counts[:, 1:]
+
+
+def unique_rows(rows: np.ndarray) -> np.ndarray:
+    """Drop duplicate candidates in each row of ``rows (B, K)``; -1 padding moved to the end and
+    columns that are padding for every query trimmed."""
+    if rows.shape[1] == 0:
+        return rows
+    s = np.sort(rows, axis=1)
+    dup = np.zeros_like(s, dtype=bool)
+    dup[:, 1:] = s[:, 1:] == s[:, :-1]
+    s[dup] = -1
+    order = np.argsort(s < 0, axis=1, kind="stable")
+    s = np.take_along_axis(s, order, axis=1)
+    width = int((s >= 0).sum(1).max()) if len(s) else 0
+    return s[:, : max(width, 1)]
+
+
+def gather_candidates(
+    queries: np.ndarray,
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    top_rows: np.ndarray,
+    per_class_k: int,
+) -> np.ndarray:
+    """Candidate anchor rows ``(B, K)`` (-1 = padding) for queries ``(B, D)``.
+
+    ``top_rows (B, M)`` are the index's top-M anchor rows. Each class with fewer than
+    ``min(per_class_k, n_c)`` candidates in a query's top-M adds its ``per_class_k`` nearest
+    anchors (exact inner product with ``embeddings (N, D)``); duplicates are dropped.
+    """
+    b = len(queries)
+    if per_class_k <= 0 or num_classes == 0:
+        return unique_rows(top_rows)
+    members = class_members(labels, num_classes)
+    sizes = np.array([len(m) for m in members])
+    need = per_class_counts(top_rows, labels, num_classes) < np.minimum(per_class_k, sizes)
+    extra = np.full((b, num_classes * per_class_k), -1, np.int64)
+    for c in np.flatnonzero(need.any(0)):
+        qs = np.flatnonzero(need[:, c])
+        rows_c = members[c]
+        kc = min(per_class_k, len(rows_c))
+        sims = queries[qs] @ embeddings[rows_c].T  # (|qs|, n_c)
+        best = (
+            np.argpartition(-sims, kc - 1, axis=1)[:, :kc]
+            if kc < len(rows_c)
+            else np.broadcast_to(np.arange(kc), (len(qs), kc))
+        )
+        extra[qs[:, None], c * per_class_k + np.arange(kc)] = rows_c[best]
+    return unique_rows(np.concatenate([top_rows, extra], axis=1))
+
+
+@torch.no_grad()
+def score_candidates(
+    bank: AnchorBank, queries: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair heads on queries ``(B, D)`` x candidate rows ``(B, K)`` in one batched call.
+
+    Returns ``g (B, C)``, ``pair_probability (B, K)`` = (h1 + h2) / 2 and cosine ``(B, K)``
+    (padding: label -1, ignored by the consensus; its scores are meaningless).
+    """
+    model = bank.model
+    device = next(model.parameters()).device
+    safe = rows.clip(0)
+    cand = bank.embeddings[safe]  # (B, K, D)
+    cos = np.einsum("bkd,bd->bk", cand, queries)
+    labels = np.where(rows >= 0, bank.labels[safe], -1)
+    fa = torch.from_numpy(cand).to(device)
+    ft = torch.from_numpy(queries).to(device).unsqueeze(1)
+    h1, h2 = model.pair_scores(fa, ft)  # (B, K) each
+    g = model.consensus((h1, h2), torch.from_numpy(labels).to(device), len(bank.classes))
+    pair = ((h1 + h2) / 2).float().cpu().numpy()
+    return g.float().cpu().numpy(), pair, cos.astype(np.float32)
+
+
+def _anchor(bank: AnchorBank, row: int, sim: float, pair: float) -> dict[str, Any]:
+    a = bank.anchors[row]
+    return {
+        "path": a["path"],
+        "label": a["label"],
+        "similarity": round(float(sim), 6),
+        "pair_probability": round(float(pair), 6),
+    }
+
+
+def classify(
+    bank: AnchorBank,
+    queries: np.ndarray,
+    top_m: int | None = None,
+    per_class_k: int | None = None,
+    abstain_below: float | None = None,
+    n_support: int = 5,
+    chunk: int = 64,
+) -> Classification:
+    """Consensus class probabilities of query embeddings ``(B, D)`` over every bank class.
+
+    ``top_m``, ``per_class_k``, ``abstain_below`` default to the bank's ``bank_config``.
+    ``per_class_k >= 1`` guarantees that every class gets a probability; 0 scores only the top-M.
+    Queries are processed ``chunk`` at a time (memory ~ chunk x candidates x D floats). The
+    supporting anchors are given for the top class even when the prediction is "uncertain".
+    """
+    cfg = bank.bank_config
+    top_m = cfg.top_m if top_m is None else top_m
+    per_class_k = cfg.per_class_k if per_class_k is None else per_class_k
+    abstain_below = cfg.abstain_below if abstain_below is None else abstain_below
+    if len(bank) == 0:
+        from .bank import BankError
+
+        raise BankError("the bank holds no anchors; add some with bank add")
+    if top_m <= 0 and per_class_k <= 0:
+        raise ValueError(f"top_m={top_m} and per_class_k={per_class_k}: at least one must be >= 1")
+    q_all = check_queries(queries, bank.dim)
+    n_cls = len(bank.classes)
+    t_total = time.perf_counter()
+    t_search = t_heads = 0.0
+    probs, counts, support = [], [], []
+    for start in range(0, len(q_all), chunk):
+        q = q_all[start : start + chunk]
+        t0 = time.perf_counter()
+        m = min(max(top_m, 0), len(bank))
+        if m > 0:
+            _, ids = bank.index.search(q, m)
+            top_rows = bank.rows_of_ids(ids)
+        else:
+            top_rows = np.zeros((len(q), 0), np.int64)
+        rows = gather_candidates(q, bank.embeddings, bank.labels, n_cls, top_rows, per_class_k)
+        t1 = time.perf_counter()
+        g, pair, cos = score_candidates(bank, q, rows)
+        t_search += t1 - t0
+        t_heads += time.perf_counter() - t1
+        top = g.argmax(1)
+        cand_labels = np.where(rows >= 0, bank.labels[rows.clip(0)], -1)
+        rank = np.where(cand_labels == top[:, None], pair, -np.inf)
+        order = np.argsort(-rank, axis=1, kind="stable")[:, :n_support]
+        for i in range(len(q)):
+            support.append(
+                [
+                    _anchor(bank, int(rows[i, j]), cos[i, j], pair[i, j])
+                    for j in order[i]
+                    if np.isfinite(rank[i, j])
+                ]
+            )
+        probs.append(g)
+        counts.append((rows >= 0).sum(1))
+    p = np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32)
+    top = p.argmax(1) if len(p) else np.zeros(0, np.int64)
+    preds = [UNCERTAIN if p[i, t] < abstain_below else bank.classes[t] for i, t in enumerate(top)]
+    timing = {"search_s": t_search, "heads_s": t_heads, "total_s": time.perf_counter() - t_total}
+    return Classification(
+        list(bank.classes),
+        p.astype(np.float32),
+        top,
+        preds,
+        support,
+        timing,
+        np.concatenate(counts) if counts else np.zeros(0, np.int64),
+    )
+
+
+@torch.no_grad()
+def search(bank: AnchorBank, queries: np.ndarray, k: int = 10) -> list[list[dict[str, Any]]]:
+    """The ``k`` nearest anchors of each query ``(B, D)`` by the bank's index, nearest first:
+    ``{"path", "label", "similarity", "pair_probability"}`` (cosine and (h1 + h2) / 2)."""
+    q = check_queries(queries, bank.dim)
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    if len(bank) == 0:
+        return [[] for _ in range(len(q))]
+    _, ids = bank.index.search(q, min(k, len(bank)))
+    rows = bank.rows_of_ids(ids)
+    model = bank.model
+    device = next(model.parameters()).device
+    cand = bank.embeddings[rows.clip(0)]
+    cos = np.einsum("bkd,bd->bk", cand, q)
+    h1, h2 = model.pair_scores(
+        torch.from_numpy(cand).to(device), torch.from_numpy(q).to(device).unsqueeze(1)
+    )
+    pair = ((h1 + h2) / 2).float().cpu().numpy()
+    return [
+        [_anchor(bank, int(r), cos[i, j], pair[i, j]) for j, r in enumerate(rows[i]) if r >= 0]
+        for i in range(len(q))
+    ]

@@ -1,0 +1,276 @@
+"""A thin class over one FAISS index: the only place in the package that imports faiss.
+
+Vectors go in and come out as numpy ``float32``; ids are ``int64``. The index is built from a
+FAISS factory string ("Flat" exact, "HNSW32", "IVF1024,Flat", "IVF1024,PQ32", ...) and always
+wrapped in an ``IDMap2`` so callers choose the ids and can remove vectors by id.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..errors import SiameseMarrowError
+from ..utils import atomic_path
+
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+class FaissIndexError(SiameseMarrowError):
+    """An index that cannot be built, trained, searched or read as asked."""
+
+
+class TrainingError(FaissIndexError):
+    """Too few vectors to train an IVF / PQ index."""
+
+
+class RemoveUnsupported(FaissIndexError):
+    """The index type (e.g. HNSW) cannot remove vectors; rebuild it from the kept vectors."""
+
+
+def set_num_threads(n: int) -> None:
+    """FAISS's OpenMP thread count (process-wide; ``n <= 0`` leaves it as is). On a busy shared
+    machine, 1 thread avoids OpenMP oversubscription, which can make one search 100x slower."""
+    if n > 0:
+        faiss.omp_set_num_threads(int(n))
+
+
+def min_train_size(factory: str) -> int:
+    """Fewest training vectors FAISS accepts for ``factory`` (0 when it needs no training).
+
+    IVF<nlist> needs ``nlist`` vectors (one per centroid); PQ<m>[x<nbits>] needs ``2**nbits``
+    (default 256) per sub-quantizer codebook. FAISS warns below 39 vectors per centroid.
+    """
+    need = 0
+    for m in re.finditer(r"IVF(\d+)", factory):
+        need = max(need, int(m.group(1)))
+    for m in re.finditer(r"PQ(\d+)(?:x(\d+))?", factory):
+        need = max(need, 2 ** int(m.group(2) or 8))
+    return need
+
+
+def _as_matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{what}: expected an array of shape (N, {dim}), got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{what}: expected floating-point vectors, got dtype {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _as_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids: expected {n} integers of shape ({n},), got {ids.dtype} {ids.shape}")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+class FaissIndex:
+    """A FAISS index with caller-chosen int64 ids.
+
+    ``add`` trains an untrained index (IVF, PQ) on the first vectors it is given; ``search``
+    returns ``(sims (B, k) float32, ids (B, k) int64)``, best first, padded with id ``-1`` when the
+    index holds fewer than ``k`` vectors (or an approximate index finds fewer). With
+    ``metric="ip"`` on unit vectors, ``sims`` are cosine similarities; with ``"l2"`` they are
+    squared distances (smaller is closer).
+    """
+
+    def __init__(self, dim: int, factory: str = "Flat", metric: str = "ip") -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+        if dim < 1:
+            raise ValueError(f"dim={dim} must be >= 1")
+        try:
+            index = faiss.index_factory(int(dim), f"IDMap2,{factory}", METRICS[metric])
+        except RuntimeError as e:
+            raise FaissIndexError(
+                f"bank.index={factory!r} is not a FAISS factory string FAISS accepts "
+                f"({_faiss_message(e)}); try Flat, HNSW32, IVF1024,Flat or IVF1024,PQ32"
+            ) from None
+        _skip_polysemous_training(index)
+        self._init(index, factory, metric)
+
+    def _init(self, index: faiss.Index, factory: str, metric: str) -> None:
+        self.index = index
+        self.factory = factory
+        self.metric = metric
+        self.dim = int(index.d)
+        ids = self.ids()
+        self._next_id = int(ids.max()) + 1 if len(ids) else 0
+
+    # --- size and state -------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def ids(self) -> np.ndarray:
+        """The ids held, ``(ntotal,)`` int64, in insertion order."""
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def nbytes(self) -> int:
+        """Size of the serialised index in bytes (what ``save`` writes)."""
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    # --- building -------------------------------------------------------------------------------
+    def train(self, x: np.ndarray) -> None:
+        """Train IVF centroids / PQ codebooks on ``x (N, D)``; refused with the numbers if N is
+        below what the factory string needs."""
+        x = _as_matrix(x, self.dim, "train")
+        need = min_train_size(self.factory)
+        if len(x) < need:
+            raise TrainingError(
+                f"index {self.factory!r} needs at least {need} vectors to train, got {len(x)}; "
+                f"use Flat or HNSW32, or fewer IVF lists (about sqrt(N) = {int(len(x) ** 0.5)})"
+            )
+        try:
+            self.index.train(x)
+        except RuntimeError as e:
+            raise TrainingError(
+                f"index {self.factory!r} could not be trained on {len(x)} vectors: "
+                f"{_faiss_message(e)}"
+            ) from None
+
+    def add(self, x: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add ``x (N, D)`` under ``ids (N,)`` (default: consecutive new ids); returns the ids.
+
+        An untrained index is first trained on ``x``.
+        """
+        x = _as_matrix(x, self.dim, "add")
+        if ids is None:
+            ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
+        ids = _as_ids(ids, len(x))
+        if len(x) == 0:
+            return ids
+        if not self.is_trained:
+            self.train(x)
+        self.index.add_with_ids(x, ids)
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        return ids
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove the vectors with these ids; returns how many were removed.
+
+        Raises :class:`RemoveUnsupported` for index types that cannot remove (HNSW).
+        """
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if len(ids) == 0:
+            return 0
+        try:
+            return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+        except RuntimeError as e:
+            raise RemoveUnsupported(
+                f"index {self.factory!r} cannot remove vectors ({_faiss_message(e)}); "
+                "rebuild it from the vectors to keep"
+            ) from None
+
+    def reset(self) -> None:
+        """Drop every vector (training is kept)."""
+        self.index.reset()
+
+    # --- searching ------------------------------------------------------------------------------
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``q (B, D)`` -> ``(sims (B, k) float32, ids (B, k) int64)``; missing results get id -1
+        (and sim -inf for ``ip``, +inf for ``l2``)."""
+        q = _as_matrix(q, self.dim, "search")
+        if k < 1:
+            raise ValueError(f"k={k} must be >= 1")
+        if len(q) == 0 or self.ntotal == 0:
+            fill = -np.inf if self.metric == "ip" else np.inf
+            return (
+                np.full((len(q), k), fill, np.float32),
+                np.full((len(q), k), -1, np.int64),
+            )
+        sims, ids = self.index.search(q, int(k))
+        sims = sims.astype(np.float32, copy=False)
+        missing = ids < 0
+        if missing.any():
+            sims[missing] = -np.inf if self.metric == "ip" else np.inf
+        return sims, ids.astype(np.int64, copy=False)
+
+    @property
+    def nprobe(self) -> int:
+        """IVF lists visited per query (IVF indexes only)."""
+        return int(self._ivf("nprobe").nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._ivf("nprobe").nprobe = int(value)
+
+    @property
+    def efSearch(self) -> int:  # noqa: N802 - the FAISS name
+        """HNSW search breadth (HNSW indexes only)."""
+        return int(self._hnsw("efSearch").hnsw.efSearch)
+
+    @efSearch.setter
+    def efSearch(self, value: int) -> None:  # noqa: N802
+        self._hnsw("efSearch").hnsw.efSearch = int(value)
+
+    def _ivf(self, what: str) -> faiss.IndexIVF:
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is None:
+            raise ValueError(f"{what} applies to IVF indexes; this index is {self.factory!r}")
+        return ivf
+
+    def _hnsw(self, what: str) -> faiss.IndexHNSW:
+        inner = faiss.downcast_index(self.index.index)
+        if not hasattr(inner, "hnsw"):
+            raise ValueError(f"{what} applies to HNSW indexes; this index is {self.factory!r}")
+        return inner
+
+    # --- files ----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the index to ``path`` atomically (temporary file, fsync, rename)."""
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.index, str(tmp))
+
+    @classmethod
+    def load(cls, path: str | Path, factory: str = "", metric: str | None = None) -> FaissIndex:
+        """Read an index written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FaissIndexError(f"index file {path} does not exist")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise FaissIndexError(
+                f"{path} is not a readable FAISS index ({_faiss_message(e)})"
+            ) from None
+        if not isinstance(index, faiss.IndexIDMap2):
+            index = faiss.downcast_index(index)
+            if not isinstance(index, faiss.IndexIDMap2):
+                raise FaissIndexError(f"{path} holds a FAISS index without an id map; rebuild it")
+        if metric is None:
+            metric = "ip" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
+        obj = cls.__new__(cls)
+        obj._init(index, factory, metric)
+        return obj
+
+
+def _skip_polysemous_training(index: faiss.Index) -> None:
+    """PQ indexes from the factory train polysemous codes by default: slow (tens of seconds on a
+    few thousand vectors) and only used by polysemous (Hamming-filtered) search, which we do not
+    enable. Turn it off."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    ivf = faiss.try_extract_index_ivf(inner)
+    for candidate in (inner, faiss.downcast_index(ivf) if ivf is not None else None):
+        if candidate is not None and hasattr(candidate, "do_polysemous_training"):
+            candidate.do_polysemous_training = False
+
+
+def _faiss_message(e: Exception) -> str:
+    """The useful last part of a FAISS C++ error message."""
+    text = str(e).strip()
+    for marker in ("Error: ", "failed: "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[-1]
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,332 @@
+"""The anchor bank: save/load, model identity, tampering, interrupted saves, consensus coverage,
+and few-shot addition of a new class on real images."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from siamese_marrow.config import Config, ModelConfig
+from siamese_marrow.engine import inference
+from siamese_marrow.engine.checkpoint import load_run, save_checkpoint
+from siamese_marrow.index import AnchorBank, BankError, TrainingError
+from siamese_marrow.index.classify import gather_candidates
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+D = 16
+
+
+def make_run(
+    run: Path,
+    seed: int = 0,
+    model_cfg: ModelConfig | None = None,
+    zero_concat: bool = False,
+    **cfg_changes: object,
+) -> Path:
+    """A tiny untrained model saved as a run directory."""
+    from siamese_marrow.models import build_model
+
+    cfg = Config()
+    cfg.model = model_cfg or ModelConfig(
+        backbone="test_efficientnet", pretrained="none", embed_dim=D, img_size=32
+    )
+    for k, v in cfg_changes.items():
+        setattr(cfg.model, k, v)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    if zero_concat:  # h1 constant: the consensus ranks classes by the Hadamard (cosine) gate
+        with torch.no_grad():
+            model.head_concat.out.weight.zero_()
+    save_checkpoint(run, "best", model, cfg, ["x"])
+    return run
+
+
+def clustered(per_class: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, D)) * 2
+    y = np.repeat(np.arange(classes), per_class)
+    x = centres[y] + rng.standard_normal((len(y), D))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture()
+def bank(run_dir) -> AnchorBank:
+    x, y = clustered(12, 5, seed=0)
+    b = AnchorBank(load_run(run_dir))
+    b.add_embeddings(x, [f"/fake/c{c}/{i}.png" for i, c in enumerate(y)], [f"C{c}" for c in y])
+    return b
+
+
+def queries(n: int = 20) -> np.ndarray:
+    return clustered(n // 5, 5, seed=0)[0] * 0.5 + clustered(n // 5, 5, seed=9)[0] * 0.5
+
+
+def norm(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def same_results(a: AnchorBank, b: AnchorBank, q: np.ndarray) -> None:
+    ra, rb = a.classify(q), b.classify(q)
+    assert ra.classes == rb.classes
+    np.testing.assert_array_equal(ra.probabilities, rb.probabilities)
+    assert ra.predictions == rb.predictions and ra.support == rb.support
+    assert a.search(q, 7) == b.search(q, 7)
+
+
+def test_save_load_gives_identical_results(bank, tmp_path) -> None:
+    out = bank.save(tmp_path / "bank")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "anchors.json",
+        "config.yaml",
+        "embeddings.npy",
+        "index.faiss",
+        "manifest.json",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["bank"]  # no temp or backup left
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == {f"C{c}": 12 for c in range(5)}
+    assert manifest["normalisation"] == "l2" and manifest["embed_dim"] == D
+    assert manifest["index_factory"] == "Flat" and manifest["backbone"] == "test_efficientnet"
+    again = AnchorBank.load(out)  # the model comes from the run recorded in the manifest
+    same_results(bank, again, norm(queries()))
+
+
+def test_bank_from_another_model_is_refused(bank, tmp_path) -> None:
+    bank.save(tmp_path / "bank")
+    other = make_run(tmp_path / "other", seed=1)
+    with pytest.raises(BankError, match="weights") as e:
+        AnchorBank.load(tmp_path / "bank", run=other)
+    msg = str(e.value)
+    want = json.loads((tmp_path / "bank" / "manifest.json").read_text())["weights_sha256"]
+    have = load_run(other).meta["weights_sha256"]
+    assert want[:16] in msg and have[:16] in msg and str(other) in msg
+
+
+def test_same_weights_other_model_config_is_refused(bank, run_dir, tmp_path) -> None:
+    bank.save(tmp_path / "bank")
+    other = tmp_path / "other"
+    loaded = load_run(run_dir)
+    cfg = loaded.cfg
+    cfg.model.tau_init = 0.5  # same tensors, different meaning
+    save_checkpoint(other, "best", loaded.model, cfg, ["x"])
+    assert load_run(other).meta["weights_sha256"] == loaded.meta["weights_sha256"]
+    with pytest.raises(BankError, match="config"):
+        AnchorBank.load(tmp_path / "bank", run=other)
+
+
+@pytest.mark.parametrize("name", ["embeddings.npy", "anchors.json", "index.faiss", "config.yaml"])
+def test_tampered_file_is_refused(bank, tmp_path, name) -> None:
+    out = bank.save(tmp_path / "bank")
+    data = bytearray((out / name).read_bytes())
+    data[-2] ^= 0x01
+    (out / name).write_bytes(bytes(data))
+    with pytest.raises(BankError, match=f"{name} does not match.*tampered"):
+        AnchorBank.load(out)
+
+
+def test_missing_manifest_is_not_a_bank(tmp_path) -> None:
+    with pytest.raises(BankError, match="not an anchor bank"):
+        AnchorBank.load(tmp_path)
+
+
+def test_leftover_temp_dir_is_ignored_then_cleaned(bank, tmp_path) -> None:
+    out = bank.save(tmp_path / "bank")
+    stale = tmp_path / ".bank.tmp-killed"
+    stale.mkdir()
+    (stale / "index.faiss").write_bytes(b"half written")
+    same_results(bank, AnchorBank.load(out), norm(queries()))
+    bank.save(out)
+    assert not stale.exists()
+
+
+def test_kill_between_renames_restores_previous_bank(bank, tmp_path, monkeypatch) -> None:
+    out = bank.save(tmp_path / "bank")
+    before = AnchorBank.load(out)
+    bank.remove("C3")
+    real_rename = os.rename
+    calls = []
+
+    def dying_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # old -> backup done; new -> target never happens
+            raise KeyboardInterrupt("killed")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", dying_rename)
+    with pytest.raises(KeyboardInterrupt):
+        bank.save(out)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert not out.exists() and (tmp_path / ".bank.bak").is_dir()
+    recovered = AnchorBank.load(out)  # the backup is renamed back into place
+    assert (out / "manifest.json").is_file() and not (tmp_path / ".bank.bak").exists()
+    assert "C3" in recovered.classes
+    same_results(before, recovered, norm(queries()))
+
+
+def test_kill_before_backup_deleted_keeps_new_bank(bank, tmp_path) -> None:
+    out = bank.save(tmp_path / "bank")
+    backup = tmp_path / ".bank.bak"
+    backup.mkdir()
+    (backup / "anchors.json").write_text("[]")  # a partly deleted old bank
+    loaded = AnchorBank.load(out)
+    assert not backup.exists() and len(loaded) == len(bank)
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_a_bank(bank, tmp_path) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "keep.jpg").write_bytes(b"x")
+    with pytest.raises(BankError, match="not an anchor bank"):
+        bank.save(tmp_path / "photos")
+
+
+def test_consensus_covers_every_class_even_with_top_m_1(bank) -> None:
+    q = norm(queries())
+    result = bank.classify(q, top_m=1, per_class_k=2)
+    assert result.probabilities.shape == (len(q), 5)
+    assert np.isfinite(result.probabilities).all() and (result.probabilities > 0).all()
+    np.testing.assert_allclose(result.probabilities.sum(1), 1, atol=1e-5)
+    assert (result.num_candidates >= 5 * 2).all()
+    wide = bank.classify(q)  # default top_m=64 also reaches every class
+    assert (wide.probabilities > 0).all()
+
+
+def test_gather_candidates_matches_a_loop() -> None:
+    x, y = clustered(6, 4, seed=3)
+    q = norm(clustered(2, 4, seed=4)[0])
+    sims = q @ x.T
+    top = np.argsort(-sims, axis=1)[:, :3]
+    rows = gather_candidates(q, x, y, 4, top, per_class_k=2)
+    for i in range(len(q)):
+        expect = set(top[i].tolist())
+        for c in range(4):
+            members = np.flatnonzero(y == c)
+            if sum(y[t] == c for t in top[i]) < 2:
+                expect |= set(members[np.argsort(-sims[i, members])[:2]].tolist())
+        got = rows[i][rows[i] >= 0].tolist()
+        assert len(got) == len(set(got)) and set(got) == expect
+
+
+def test_abstain_and_record_shape(bank) -> None:
+    q = norm(queries(5))
+    result = bank.classify(q, abstain_below=1.01)
+    assert result.predictions == ["uncertain"] * 5
+    rec = result.records([f"q{i}.png" for i in range(5)])[0]
+    assert list(rec) == ["path", "prediction", "probabilities", "anchors"]
+    assert list(rec["probabilities"]) == bank.classes
+    top_class = bank.classes[int(np.argmax(list(rec["probabilities"].values())))]
+    assert rec["anchors"] and all(a["label"] == top_class for a in rec["anchors"])
+    assert list(rec["anchors"][0]) == ["path", "label", "similarity", "pair_probability"]
+    pp = [a["pair_probability"] for a in rec["anchors"]]
+    assert pp == sorted(pp, reverse=True)
+    certain = bank.classify(q, abstain_below=0.0)
+    assert "uncertain" not in certain.predictions
+
+
+def test_search_is_nearest_first_with_exact_cosine(bank) -> None:
+    q = norm(queries(3))
+    hits = bank.search(q, 4)
+    sims = q @ bank.embeddings.T
+    for i, row in enumerate(hits):
+        order = np.argsort(-sims[i])[:4]
+        assert [h["path"] for h in row] == [bank.anchors[j]["path"] for j in order]
+        np.testing.assert_allclose([h["similarity"] for h in row], sims[i, order], atol=1e-5)
+        assert all(0 < h["pair_probability"] < 1 for h in row)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_remove_class(run_dir, factory) -> None:
+    x, y = clustered(12, 5, seed=0)
+    b = AnchorBank(load_run(run_dir), factory)
+    b.add_embeddings(x, [f"/f/{i}" for i in range(len(y))], [f"C{c}" for c in y])
+    assert b.remove("C2") == 12
+    assert b.classes == ["C0", "C1", "C3", "C4"] and b.index.ntotal == 48 == len(b.embeddings)
+    hits = b.search(norm(x[y == 2][:3]), 48)
+    assert all(h["label"] != "C2" for row in hits for h in row) and len(hits[0]) == 48
+    with pytest.raises(BankError, match="not in the bank"):
+        b.remove("C2")
+    ids = b.add_embeddings(x[:1], ["/f/new"], ["C9"])
+    assert ids[0] == 60  # ids are never reused
+
+
+def test_ivf_bank_too_small_to_train(run_dir) -> None:
+    b = AnchorBank(load_run(run_dir), "IVF64,Flat")
+    x, y = clustered(4, 5, seed=0)
+    with pytest.raises(TrainingError, match="at least 64 vectors.*got 20"):
+        b.add_embeddings(x, [f"/f/{i}" for i in range(20)], ["A"] * 20)
+    assert len(b) == 0
+
+
+def test_duplicate_images_are_refused(bank) -> None:
+    with pytest.raises(BankError, match="already in the bank"):
+        bank.add_embeddings(bank.embeddings[:1], [bank.anchors[0]["path"]], ["C0"])
+
+
+def link_folder(dst: Path, picks: dict[str, list[Path]]) -> Path:
+    for label, files in picks.items():
+        (dst / label).mkdir(parents=True)
+        for f in files:
+            (dst / label / f.name).symlink_to(f)
+    return dst
+
+
+@pytest.mark.skipif(not (DATA / "pbc8").is_dir(), reason=f"real images not found at {DATA}/pbc8")
+def test_new_class_is_classified_right_after_add(tmp_path) -> None:
+    """Real pbc8 images: a bank of three blood-cell classes, then platelets added from six
+    examples; unseen platelets must come out as platelets without any training."""
+    run = make_run(
+        tmp_path / "run",
+        model_cfg=ModelConfig(
+            backbone="tf_efficientnet_lite0", pretrained="lite0", embed_dim=64, img_size=128
+        ),
+        zero_concat=True,
+    )
+    pbc8 = DATA / "pbc8"
+    files = {c: sorted((pbc8 / c).glob("*.jpg")) for c in ("basophil", "lymphocyte", "neutrophil")}
+    data = link_folder(tmp_path / "data", {c: f[:6] for c, f in files.items()})
+    platelets = sorted((pbc8 / "platelet").glob("*.jpg"))
+    bank_dir = tmp_path / "bank"
+
+    summary = inference.bank_build(run, data, bank_dir, progress=False)
+    assert summary["anchors"] == 18 and "platelet" not in summary["classes"]
+    added = inference.bank_add(bank_dir, "platelet", platelets[:6], progress=False)
+    assert added["added"] == 6 and added["classes"]["platelet"] == 6
+
+    records, timing = inference.classify_paths_timed(bank_dir, platelets[6:16])
+    predictions = [r["prediction"] for r in records]
+    # untrained heads on ImageNet features: 8/10 over several seeds; chance is 2.5/10
+    assert predictions.count("platelet") >= 7, predictions
+    assert all(
+        set(r["probabilities"]) == {"basophil", "lymphocyte", "neutrophil", "platelet"}
+        for r in records
+    )
+    assert 0 < timing["outside_backbone_share"] < 1 and timing["backbone_s"] > 0
+    lines = inference.format_records(records, "jsonl").splitlines()
+    assert json.loads(lines[0])["path"] == str(platelets[6])
+    assert (
+        inference.format_records(records, "csv")
+        .splitlines()[0]
+        .startswith("path,prediction,p_basophil")
+    )
+
+    opened = inference.open_bank(bank_dir)  # load the model once for the rest
+    found = inference.search_paths(opened, [platelets[0]], k=3)[0]
+    assert found["neighbours"][0]["path"] == str(platelets[0].absolute())
+    assert found["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    png = inference.gallery_png(platelets[0], found["neighbours"], tmp_path / "g.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    metrics = inference.retrieval_eval(opened, data)  # the anchors themselves, self excluded
+    assert metrics["n_queries"] == 18 and 0 <= metrics["map_at_r"] <= 1
+
+    removed = inference.bank_remove(bank_dir, "platelet")
+    assert removed["removed"] == 6 and "platelet" not in removed["classes"]
