@@ -24,7 +24,6 @@ per bank at a time.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import io
@@ -50,7 +49,7 @@ from ..data.transforms import eval_transform
 from ..engine.checkpoint import CheckpointError, LoadedRun, load_run
 from ..errors import SiameseMarrowError
 from ..models import SiameseNet
-from ..utils import sha256_file
+from ..utils import fsync_dir, sha256_file
 from .faiss_index import FaissIndex, RemoveUnsupported
 
 if TYPE_CHECKING:
@@ -358,7 +357,7 @@ class AnchorBank:
             if target.exists():
                 os.rename(target, backup)
             os.rename(tmp, target)
-            _fsync_dir(parent)
+            fsync_dir(parent)
             if backup.exists():
                 shutil.rmtree(backup)
         except BaseException:
@@ -375,7 +374,7 @@ class AnchorBank:
         save_config(self.config, d / "config.yaml")
         files = {name: sha256_file(d / name) for name in BANK_FILES}
         _write(d / MANIFEST, (json.dumps(self.manifest(files), indent=2) + "\n").encode())
-        _fsync_dir(d)
+        fsync_dir(d)
 
     @classmethod
     def load(
@@ -523,7 +522,7 @@ def recover(target: Path) -> None:
         target.rmdir()
     if not target.exists():
         os.rename(backup, target)  # died between the two renames: the old bank comes back
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -532,11 +531,3 @@ def _write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
 
-
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
