@@ -134,7 +134,7 @@ def evaluate(
     baselines.update(PUBLISHED)
     report = write_report(
         out / "report.html",
-        title=f"siamese-marrow evaluation of {run.name}",
+        title=f"siamese-marrow evaluation of {run.absolute().parent.name}/{run.name}",
         config=loaded.cfg.to_dict(),
         metrics=metrics,
         figures=figures,

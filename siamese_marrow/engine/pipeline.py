@@ -52,7 +52,7 @@ def run_demo(cfg: Config, out: Path, quick: bool = False, progress: bool = True)
     bank.save(bank_dir)
 
     _say("3/6 classify a few held-out images")
-    few = data.val[: min(6, len(data.val))]
+    few = list({s.label: s for s in reversed(data.val)}.values())[:8]  # one image per class
     records = classify_paths(bank, [s.path for s in few])
     for s, r in zip(few, records):
         p = r["probabilities"].get(r["prediction"], 0.0)
