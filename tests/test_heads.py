@@ -96,3 +96,17 @@ def test_temperature_is_learned() -> None:
     cons = Consensus(0.1)
     assert cons.tau.item() == pytest.approx(0.1)
     assert cons.log_tau.requires_grad
+
+
+def test_gathered_logits_equal_pairwise_logits() -> None:
+    from siamese_marrow.models.backbone import create_backbone
+    from siamese_marrow.models.siamese import SiameseNet
+
+    torch.manual_seed(0)
+    net = SiameseNet(create_backbone("test_efficientnet", "none", embed_dim=6), "mlp", 5)
+    anchors, tests = torch.randn(9, 6), torch.randn(4, 6)
+    rows = torch.randint(0, 9, (4, 3))
+    g1, g2 = net.gathered_logits(anchors, rows, tests)
+    f1, f2 = net.score_matrix(anchors, tests)  # (4, 9): every test against every anchor
+    assert torch.allclose(g1, f1.gather(1, rows), atol=1e-5)
+    assert torch.allclose(g2, f2.gather(1, rows), atol=1e-5)

@@ -159,9 +159,12 @@ def score_candidates(
     cand = bank.embeddings[safe]  # (B, K, D)
     cos = np.einsum("bkd,bd->bk", cand, queries)
     labels = np.where(rows >= 0, bank.labels[safe], -1)
-    fa = torch.from_numpy(cand).to(device)
-    ft = torch.from_numpy(queries).to(device).unsqueeze(1)
-    h1, h2 = model.pair_scores(fa, ft)  # (B, K) each
+    uniq, inverse = np.unique(safe, return_inverse=True)  # each anchor through the heads once
+    fa = torch.from_numpy(bank.embeddings[uniq]).to(device)
+    ft = torch.from_numpy(queries).to(device)
+    local = torch.from_numpy(inverse.reshape(safe.shape)).to(device)
+    l1, l2 = model.gathered_logits(fa, local, ft)  # (B, K) each
+    h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
     g = model.consensus((h1, h2), torch.from_numpy(labels).to(device), len(bank.classes))
     pair = ((h1 + h2) / 2).float().cpu().numpy()
     return g.float().cpu().numpy(), pair, cos.astype(np.float32)

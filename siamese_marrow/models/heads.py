@@ -31,13 +31,23 @@ class ConcatHead(nn.Module):
         self.first = nn.Linear(2 * dim, 1 if kind == "linear" else hidden)
         self.out = nn.Linear(hidden, 1) if kind == "mlp" else None
 
-    def forward(self, fa: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-        """``fa (..., D)``, ``ft (..., D)`` broadcastable -> logits of the broadcast shape."""
-        w_a, w_t = self.first.weight[:, : self.dim], self.first.weight[:, self.dim :]
-        z = fa @ w_a.T + ft @ w_t.T + self.first.bias
+    def anchor_part(self, fa: torch.Tensor) -> torch.Tensor:
+        """The anchor half of the first layer: ``(..., D) -> (..., H)`` (no bias)."""
+        return fa @ self.first.weight[:, : self.dim].T
+
+    def test_part(self, ft: torch.Tensor) -> torch.Tensor:
+        """The test half of the first layer, with the bias: ``(..., D) -> (..., H)``."""
+        return ft @ self.first.weight[:, self.dim :].T + self.first.bias
+
+    def finish(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from the summed halves ``z (..., H)`` -> ``(...)``."""
         if self.out is not None:
             z = self.out(torch.relu(z))
         return z.squeeze(-1)
+
+    def forward(self, fa: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        """``fa (..., D)``, ``ft (..., D)`` broadcastable -> logits of the broadcast shape."""
+        return self.finish(self.anchor_part(fa) + self.test_part(ft))
 
 
 class HadamardHead(nn.Module):

@@ -56,6 +56,21 @@ class SiameseNet(nn.Module):
         """Logits ``(B, M)`` of both gates for tests ``(B, D)`` against anchors ``(M, D)``."""
         return self.pair_logits(anchors.unsqueeze(0), tests.unsqueeze(1))
 
+    def gathered_logits(
+        self, anchors: torch.Tensor, rows: torch.Tensor, tests: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate logits ``(B, K)`` of each test ``(B, D)`` against its own K candidate anchors,
+        given as ``rows (B, K)`` into ``anchors (N, D)``.
+
+        The anchor half of the concatenated head's first layer runs once per anchor row, not
+        once per (test, candidate) pair: the cost is ``O(N D H + B D H + B K H)``.
+        """
+        za = self.head_concat.anchor_part(anchors)  # (N, H)
+        zt = self.head_concat.test_part(tests)  # (B, H)
+        l1 = self.head_concat.finish(za[rows] + zt.unsqueeze(1))
+        l2 = self.head_hadamard(anchors[rows], tests.unsqueeze(1))
+        return l1, l2
+
     def consensus(
         self,
         scores: tuple[torch.Tensor, torch.Tensor],
