@@ -27,7 +27,7 @@ from ..data.sampler import PKBatchSampler
 from ..data.transforms import eval_transform, train_transform
 from ..errors import ConfigError, SiameseMarrowError
 from ..models import SiameseNet, build_model, create_backbone
-from ..utils import resolve_device
+from ..utils import atomic_write_text, resolve_device
 from .checkpoint import load_config_of, load_train_state, read_meta, save_checkpoint
 from .embed import embed_dataset
 from .losses import siamese_loss
@@ -172,18 +172,8 @@ def frozen_probe(data: PreparedData, cfg: Config, device: str) -> dict[str, Any]
     tf = eval_transform(bb.spec)
     kw = dict(batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers, device=device)
 
-    class _Wrap(torch.nn.Module):  # embed_dataset expects .embed and .dim
-        def __init__(self, b: torch.nn.Module) -> None:
-            super().__init__()
-            self.b = b
-            self.dim = b.dim
-
-        def embed(self, x: torch.Tensor) -> torch.Tensor:
-            return self.b(x)
-
-    w = _Wrap(bb)
-    xtr, ytr = embed_dataset(w, CellDataset(data.train, data.classes, tf), desc="probe", **kw)
-    xva, yva = embed_dataset(w, CellDataset(data.val, data.classes, tf), desc="probe", **kw)
+    xtr, ytr = embed_dataset(bb, CellDataset(data.train, data.classes, tf), desc="probe", **kw)
+    xva, yva = embed_dataset(bb, CellDataset(data.val, data.classes, tf), desc="probe", **kw)
     return logistic_probe(xtr, ytr, xva, yva, data.classes, seed=cfg.train.seed)
 
 
@@ -265,6 +255,8 @@ def train(
     val_ds = CellDataset(data.val, data.classes, eval_tf)
     log_path = out / "metrics.jsonl"
     out.mkdir(parents=True, exist_ok=True)
+    if resume:  # drop records logged after the checkpoint (a kill between log and checkpoint)
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in state.history))
 
     summary: dict[str, Any] = {
         "run": str(out),
@@ -290,6 +282,14 @@ def train(
         summary["baseline_probe"] = headline(json.loads(probe_path.read_text()))
 
     def checkpoint(name: str, meta: dict[str, Any], with_state: bool) -> None:
+        bad = [k for k, v in model.state_dict().items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # a finite loss can still step into NaN/inf weights: never save those
+            raise TrainingError(
+                f"the weights became non-finite ({', '.join(bad[:3])}) at step {state.step}; "
+                f"the last good checkpoint in {out} is kept. Lower train.lr / "
+                "train.backbone_lr or check the data"
+            )
         train_state = None
         if with_state:
             train_state = {

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from ..config import BankConfig, save_config
-from ..data.datasets import Sample, collate_images
+from ..data.datasets import Sample
 from ..data.io import load_rgb
 from ..data.transforms import eval_transform
 from ..engine.checkpoint import CheckpointError, LoadedRun, load_run
+from ..engine.embed import embed_dataset
 from ..errors import SiameseMarrowError
 from ..models import SiameseNet
 from ..utils import fsync_dir, sha256_file
@@ -77,11 +76,6 @@ class _PathDataset(Dataset):
         return self.transform(load_rgb(self.paths[i])), 0
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
 def embed_paths(
     model: SiameseNet,
     paths: Sequence[str | Path],
@@ -90,38 +84,13 @@ def embed_paths(
     progress: bool = False,
     desc: str = "embed",
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Embeddings ``(N, D)`` float32 of image files (no augmentation) and a timing breakdown.
-
-    Timing: ``backbone_s`` (``model.embed`` only), ``load_s`` (decode + transform, waiting for
-    the loader) and ``total_s``.
-    """
-    t_start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
+    """Embeddings ``(N, D)`` float32 of image files (no augmentation) and a timing breakdown:
+    ``backbone_s`` (``model.embed`` only), ``load_s`` (decode + transform) and ``total_s``."""
+    timing: dict[str, float] = {}
     ds = _PathDataset([str(p) for p in paths], eval_transform(model.backbone.spec))
-    loader = DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_images
-    )
-    feats: list[np.ndarray] = []
-    backbone = load = 0.0
-    t = time.perf_counter()
-    for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        t1 = time.perf_counter()
-        load += t1 - t
-        feats.append(model.embed(x.to(device)).float().cpu().numpy())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        backbone += t - t1
-    model.train(was_training)
-    emb = np.concatenate(feats) if feats else np.zeros((0, model.dim), np.float32)
-    total = time.perf_counter() - t_start
-    return emb.astype(np.float32, copy=False), {
-        "load_s": load,
-        "backbone_s": backbone,
-        "total_s": total,
-    }
+    emb, _ = embed_dataset(model, ds, batch_size, num_workers, progress=progress, desc=desc,
+                           timing=timing)
+    return emb.astype(np.float32, copy=False), timing
 
 
 class AnchorBank:

@@ -46,6 +46,10 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(self.drop(self.model(x))), dim=-1)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W) -> (B, D)``: the same contract as :meth:`SiameseNet.embed`."""
+        return self(x)
+
     def block_groups(self) -> list[list[str]]:
         """Parameter names of the backbone in input-to-output order, one list per block (timm)."""
         groups = group_parameters(self.model, self.model.group_matcher(coarse=False))
