@@ -63,11 +63,15 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         from .utils import atomic_write_json
 
         atomic_write_json(args.json, report)
-    print(f"{len(samples)} images in {len(counts)} classes: "
-          + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+    print(
+        f"{len(samples)} images in {len(counts)} classes: "
+        + ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
+    )
     if report["single_image_classes"]:
-        print("classes with a single image (positives come from augmented views): "
-              + ", ".join(report["single_image_classes"]))
+        print(
+            "classes with a single image (positives come from augmented views): "
+            + ", ".join(report["single_image_classes"])
+        )
     if bad:
         print(f"{len(bad)} bad image(s):\n{describe_bad(bad, shown=50)}", file=sys.stderr)
         return 1
@@ -123,12 +127,28 @@ def cmd_bank(args: argparse.Namespace) -> int:
     from .engine import inference as inf
 
     if args.bank_command == "build":
-        _print_json(inf.bank_build(args.run, args.data, args.out, checkpoint=args.checkpoint,
-                                   factory=args.index, num_workers=args.workers,
-                                   progress=not args.quiet))
+        _print_json(
+            inf.bank_build(
+                args.run,
+                args.data,
+                args.out,
+                checkpoint=args.checkpoint,
+                factory=args.index,
+                num_workers=args.workers,
+                progress=not args.quiet,
+            )
+        )
     elif args.bank_command == "add":
-        _print_json(inf.bank_add(args.bank, args.label, args.images, run=args.run,
-                                 num_workers=args.workers, progress=not args.quiet))
+        _print_json(
+            inf.bank_add(
+                args.bank,
+                args.label,
+                args.images,
+                run=args.run,
+                num_workers=args.workers,
+                progress=not args.quiet,
+            )
+        )
     elif args.bank_command == "remove":
         _print_json(inf.bank_remove(args.bank, args.label, run=args.run))
     else:
@@ -141,7 +161,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     bank = inf.open_bank(args.bank, run=args.run)
     records, timing = inf.classify_paths_timed(
-        bank, args.images, abstain_below=args.abstain_below, top_m=args.top_m,
+        bank,
+        args.images,
+        abstain_below=args.abstain_below,
+        top_m=args.top_m,
         num_workers=args.workers,
     )
     text = inf.format_records(records, args.format)
@@ -174,8 +197,17 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
         shots = [int(k) for k in args.k_shot.split(",") if k.strip()]
     except ValueError:
         raise ConfigError(f"--k-shot {args.k_shot!r}: expected numbers like 1,5") from None
-    result = fewshot_eval(args.run, args.data, args.n_way, shots, args.n_query, args.episodes,
-                          seed=args.seed, checkpoint=args.checkpoint, progress=not args.quiet)
+    result = fewshot_eval(
+        args.run,
+        args.data,
+        args.n_way,
+        shots,
+        args.n_query,
+        args.episodes,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        progress=not args.quiet,
+    )
     if args.json:
         from .utils import atomic_write_json
 
@@ -200,8 +232,16 @@ def cmd_retrieval_eval(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
-    _print_json(evaluate(args.run, data=args.data, bank=args.bank, out=args.out,
-                         checkpoint=args.checkpoint, progress=not args.quiet))
+    _print_json(
+        evaluate(
+            args.run,
+            data=args.data,
+            bank=args.bank,
+            out=args.out,
+            checkpoint=args.checkpoint,
+            progress=not args.quiet,
+        )
+    )
     return 0
 
 
@@ -232,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train on balanced pairs; checkpoints in --out")
     _add_config_args(p)
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable images (listed in RUN/skipped_images.json)")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images (listed in RUN/skipped_images.json)",
+    )
     p.add_argument("--out", help="run folder for checkpoints, logs and the resolved config")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where 'last' stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -268,8 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", required=True)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--format", choices=("jsonl", "json", "csv"), default="jsonl")
-    p.add_argument("--abstain-below", type=float, metavar="P",
-                   help="call a prediction 'uncertain' when its probability is below P")
+    p.add_argument(
+        "--abstain-below",
+        type=float,
+        metavar="P",
+        help="call a prediction 'uncertain' when its probability is below P",
+    )
     p.add_argument("--top-m", type=int, help="FAISS candidates per query (default: the bank's)")
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--timing", action="store_true", help="print the time breakdown to stderr")

@@ -270,7 +270,9 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
 def _validate(obj: Any, where: str) -> None:
     """Cross-field checks with the numbers in the message."""
     if isinstance(obj, TrainConfig) and not FREEZE_PATTERN.match(obj.freeze):
-        raise ConfigError(f"{where}.freeze: {obj.freeze!r} is not none, all or last-N (e.g. last-5)")
+        raise ConfigError(
+            f"{where}.freeze: {obj.freeze!r} is not none, all or last-N (e.g. last-5)"
+        )
     if isinstance(obj, DataConfig):
         total = obj.val_fraction + obj.test_fraction
         if not (0 <= obj.val_fraction < 1 and 0 <= obj.test_fraction < 1 and total < 1):

@@ -112,7 +112,9 @@ def test_pretrained_features_beat_random_init_on_bm7(bm7: Path) -> None:
         xtr, xte = _features(source, tr), _features(source, te)
         m = logistic_probe(xtr, np.array(tr.targets), xte, np.array(te.targets), classes)
         acc[source] = m["balanced_accuracy"]
-    print(f"\nbm7 probe balanced accuracy: Lite0 ImageNet {acc['lite0']:.3f}, "
-          f"random init {acc['none']:.3f} (chance {1 / len(classes):.3f})")
+    print(
+        f"\nbm7 probe balanced accuracy: Lite0 ImageNet {acc['lite0']:.3f}, "
+        f"random init {acc['none']:.3f} (chance {1 / len(classes):.3f})"
+    )
     assert acc["lite0"] > 0.45
     assert acc["lite0"] > acc["none"] + 0.15

@@ -71,7 +71,10 @@ def dirty_data(tmp_path: Path) -> Path:
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "siamese_marrow.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -87,11 +90,26 @@ def test_check_data_lists_every_bad_file(dirty_data: Path, tmp_path: Path) -> No
 
 
 TINY = [
-    "--set", "model.backbone=test_efficientnet", "--set", "model.pretrained=none",
-    "--set", "model.img_size=32", "--set", "model.embed_dim=8", "--set", "sampler.p_classes=3",
-    "--set", "sampler.k_per_class=2", "--set", "sampler.batches_per_epoch=2",
-    "--set", "train.epochs=1", "--set", "train.baseline_probe=false",
-    "--set", "data.val_fraction=0.3",
+    "--set",
+    "model.backbone=test_efficientnet",
+    "--set",
+    "model.pretrained=none",
+    "--set",
+    "model.img_size=32",
+    "--set",
+    "model.embed_dim=8",
+    "--set",
+    "sampler.p_classes=3",
+    "--set",
+    "sampler.k_per_class=2",
+    "--set",
+    "sampler.batches_per_epoch=2",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.baseline_probe=false",
+    "--set",
+    "data.val_fraction=0.3",
 ]
 
 
@@ -103,8 +121,16 @@ def test_train_stops_before_work_and_skip_bad_lists_them(dirty_data: Path, tmp_p
     assert "--skip-bad" in r.stderr and "Traceback" not in r.stderr
     assert not (run / "last.json").exists()
 
-    r = _cli("train", "--out", str(run), "--quiet", "--skip-bad",
-             "--set", f"data.root={dirty_data}", *TINY)
+    r = _cli(
+        "train",
+        "--out",
+        str(run),
+        "--quiet",
+        "--skip-bad",
+        "--set",
+        f"data.root={dirty_data}",
+        *TINY,
+    )
     assert r.returncode == 0, r.stderr
     skipped = json.loads((run / "skipped_images.json").read_text())
     assert len(skipped) == 6 and all(s["problem"] for s in skipped)
@@ -119,10 +145,20 @@ def test_train_stops_before_work_and_skip_bad_lists_them(dirty_data: Path, tmp_p
         (["--set", "sampler.p_classes=9"], "p_classes=9 but the training data has only 3"),
     ],
 )
-def test_bad_config_is_one_clear_line(dirty_data: Path, tmp_path: Path, args: list[str],
-                                      words: str) -> None:
-    r = _cli("train", "--out", str(tmp_path / "r"), "--quiet", "--skip-bad",
-             "--set", f"data.root={dirty_data}", *TINY, *args)
+def test_bad_config_is_one_clear_line(
+    dirty_data: Path, tmp_path: Path, args: list[str], words: str
+) -> None:
+    r = _cli(
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--skip-bad",
+        "--set",
+        f"data.root={dirty_data}",
+        *TINY,
+        *args,
+    )
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

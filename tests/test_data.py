@@ -28,8 +28,17 @@ def _img(mode: str) -> Image.Image:
 
 @pytest.mark.parametrize(
     "mode,ext",
-    [("L", "png"), ("LA", "png"), ("P", "png"), ("RGBA", "png"), ("I;16", "png"),
-     ("CMYK", "jpg"), ("CMYK", "tif"), ("RGB", "jpg"), ("1", "png")],
+    [
+        ("L", "png"),
+        ("LA", "png"),
+        ("P", "png"),
+        ("RGBA", "png"),
+        ("I;16", "png"),
+        ("CMYK", "jpg"),
+        ("CMYK", "tif"),
+        ("RGB", "jpg"),
+        ("1", "png"),
+    ],
 )
 def test_every_mode_decodes_to_rgb(tmp_path: Path, mode: str, ext: str) -> None:
     path = tmp_path / f"x.{ext}"

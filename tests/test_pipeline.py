@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 def cli(*args: str) -> subprocess.CompletedProcess:
     r = subprocess.run(
         [sys.executable, "-m", "siamese_marrow.cli", *args],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     return r
 
@@ -25,8 +28,16 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    r = cli("demo", "--config", "configs/demo.yaml", "--out", str(out), "--quick",
-            "--set", "train.threads=2")
+    r = cli(
+        "demo",
+        "--config",
+        "configs/demo.yaml",
+        "--out",
+        str(out),
+        "--quick",
+        "--set",
+        "train.threads=2",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Open the report" in r.stdout
     return out
@@ -35,12 +46,21 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_demo_writes_metrics_figures_and_report(demo: Path) -> None:
     summary = json.loads((demo / "demo_summary.json").read_text())
     metrics = json.loads((demo / "eval" / "metrics.json").read_text())
-    for key in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "per_class",
-                "confusion_matrix", "classes"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "f1_weighted",
+        "f1_macro",
+        "per_class",
+        "confusion_matrix",
+        "classes",
+    ):
         assert key in metrics, key
     assert metrics["classes"] == summary["classes"]
     n = len(metrics["classes"])
-    assert len(metrics["confusion_matrix"]) == n and all(len(r) == n for r in metrics["confusion_matrix"])
+    assert len(metrics["confusion_matrix"]) == n and all(
+        len(r) == n for r in metrics["confusion_matrix"]
+    )
     # abstained calls ("uncertain") fall in no column
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n"] - metrics["abstained"]
     supports = sum(v["support"] for v in metrics["per_class"].values())
@@ -97,9 +117,24 @@ def test_bank_add_then_classify_new_class_and_search_gallery(demo: Path, tmp_pat
 
 def test_fewshot_eval_json_shape(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "fs.json"
-    r = cli("fewshot-eval", "--run", str(demo / "run"), "--data",
-            str(demo / "run" / "synthetic-data"), "--n-way", "3", "--k-shot", "1,2",
-            "--n-query", "2", "--episodes", "4", "--json", str(out), "--quiet")
+    r = cli(
+        "fewshot-eval",
+        "--run",
+        str(demo / "run"),
+        "--data",
+        str(demo / "run" / "synthetic-data"),
+        "--n-way",
+        "3",
+        "--k-shot",
+        "1,2",
+        "--n-query",
+        "2",
+        "--episodes",
+        "4",
+        "--json",
+        str(out),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert res["n_way"] == 3 and res["episodes"] == 4
@@ -111,10 +146,26 @@ def test_fewshot_eval_json_shape(demo: Path, tmp_path: Path) -> None:
 
 def test_evaluate_refuses_mismatched_bank(demo: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    r = cli("train", "--config", "configs/demo.yaml", "--out", str(other), "--quiet",
-            "--set", "model.backbone=test_efficientnet", "--set", "model.pretrained=none",
-            "--set", "model.img_size=32", "--set", "train.epochs=1",
-            "--set", "data.synth_per_class=6", "--set", "train.baseline_probe=false")
+    r = cli(
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        "--out",
+        str(other),
+        "--quiet",
+        "--set",
+        "model.backbone=test_efficientnet",
+        "--set",
+        "model.pretrained=none",
+        "--set",
+        "model.img_size=32",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.synth_per_class=6",
+        "--set",
+        "train.baseline_probe=false",
+    )
     assert r.returncode == 0, r.stderr
     r = cli("evaluate", "--run", str(other), "--bank", str(demo / "bank"), "--quiet")
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -74,8 +74,10 @@ def test_deterministic_for_seed_and_epoch() -> None:
 
 def test_rank_shares_are_disjoint_and_cover_the_global_sequence() -> None:
     full = PKBatchSampler(LABELS, p=3, k=2, batches_per_epoch=12, seed=9)
-    shares = [PKBatchSampler(LABELS, p=3, k=2, batches_per_epoch=12, seed=9, rank=r,
-                             world_size=3) for r in range(3)]
+    shares = [
+        PKBatchSampler(LABELS, p=3, k=2, batches_per_epoch=12, seed=9, rank=r, world_size=3)
+        for r in range(3)
+    ]
     for s in [full, *shares]:
         s.set_epoch(2)
     global_seq = list(full)
@@ -113,7 +115,9 @@ def test_pairs_balanced_per_class(hard: bool) -> None:
     if hard:  # the chosen negatives of class 0 are its 12 most similar ones
         neg = (y == 0) & (labels[t] == 0)
         cand = sim[:, :4][labels != 0]
-        assert torch.allclose(sim[a[neg], t[neg]].sort().values, cand.flatten().topk(12).values.sort().values)
+        assert torch.allclose(
+            sim[a[neg], t[neg]].sort().values, cand.flatten().topk(12).values.sort().values
+        )
 
 
 def test_repeated_image_views_form_positives() -> None:

@@ -57,7 +57,9 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch() -> None:
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     losses = []
     for _ in range(8):
-        loss, parts = siamese_loss(model, model.embed(x), y, 4, generator=torch.Generator().manual_seed(0))
+        loss, parts = siamese_loss(
+            model, model.embed(x), y, 4, generator=torch.Generator().manual_seed(0)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -69,7 +71,9 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch() -> None:
 def test_single_image_class_trains_through_augmented_views(tiny_data: Path, tmp_path: Path) -> None:
     summary = train(tiny_cfg(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
     assert summary["single_image_classes"] == ["NGS"]
-    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert len(log) == 1 and np.isfinite(log[0]["train_loss"])
     for name in ("config.yaml", "classes.json", "last.safetensors", "last.state.pt", "best.json"):
         assert (tmp_path / "run" / name).is_file(), name

@@ -48,8 +48,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    cfg = load_config(None, [f"model.backbone={args.backbone}", "model.pretrained=none",
-                             f"model.img_size={args.img_size}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.backbone={args.backbone}",
+            "model.pretrained=none",
+            f"model.img_size={args.img_size}",
+        ],
+    )
     siamese = build_model(cfg.model).train()
     s_opt = build_optimizer(siamese, cfg)
     plain = timm.create_model(args.backbone, pretrained=False, num_classes=args.classes).train()

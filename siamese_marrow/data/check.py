@@ -36,8 +36,12 @@ def find_bad_images(
     if workers > 0 and len(paths) > 256:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(
-                tqdm(pool.map(_check_one, paths, chunksize=64), total=len(paths),
-                     desc="check images", disable=not progress)
+                tqdm(
+                    pool.map(_check_one, paths, chunksize=64),
+                    total=len(paths),
+                    desc="check images",
+                    disable=not progress,
+                )
             )
     else:
         results = [_check_one(p) for p in tqdm(paths, desc="check images", disable=not progress)]

@@ -96,7 +96,9 @@ def read_manifest(manifest: str | Path) -> list[Sample]:
         samples.append(Sample(str(p), row["label"], row.get("group") or None))
     if absent:
         shown = "; ".join(absent[:5]) + (f"; ... {len(absent) - 5} more" if len(absent) > 5 else "")
-        raise DataError(f"manifest {manifest}: {len(absent)} row(s) point at missing files: {shown}")
+        raise DataError(
+            f"manifest {manifest}: {len(absent)} row(s) point at missing files: {shown}"
+        )
     if not samples:
         raise DataError(f"manifest {manifest} has a header but no rows")
     return samples

@@ -34,7 +34,11 @@ def ensure_synthetic(out: str | Path, cfg: DataConfig, seed: int = 0) -> Path:
     if info.is_file():
         try:
             old = json.loads(info.read_text())
-            if (old.get("seed"), old.get("size"), old.get("counts")) == (seed, cfg.synth_size, counts):
+            if (old.get("seed"), old.get("size"), old.get("counts")) == (
+                seed,
+                cfg.synth_size,
+                counts,
+            ):
                 return out
         except json.JSONDecodeError:
             pass

@@ -68,7 +68,9 @@ def split_samples(
     grouped = all(has_group)
     if any(has_group) and not grouped:
         n = sum(not g for g in has_group)
-        raise DataError(f"{n} of {len(samples)} samples have no group; give every row a group or none")
+        raise DataError(
+            f"{n} of {len(samples)} samples have no group; give every row a group or none"
+        )
     rng = np.random.default_rng(seed)
     rest = list(range(len(samples)))
     out: dict[str, list[int]] = {"test": [], "val": []}

@@ -107,8 +107,13 @@ def finish_or_discard(run: Path, name: str) -> None:
 
 
 #: Temp files of the run's own files, as :func:`..utils.atomic_path` names them.
-RUN_TEMP_FILES = (".*.safetensors.*.tmp", ".*.state.pt.*.tmp", ".*.json.*.tmp",
-                  ".config.yaml.*.tmp", ".metrics.jsonl.*.tmp")
+RUN_TEMP_FILES = (
+    ".*.safetensors.*.tmp",
+    ".*.state.pt.*.tmp",
+    ".*.json.*.tmp",
+    ".config.yaml.*.tmp",
+    ".metrics.jsonl.*.tmp",
+)
 
 
 def remove_stale_temp_files(run: Path) -> None:
@@ -192,7 +197,9 @@ def load_run(run: str | Path, name: str = "best", device: str = "cpu") -> Loaded
         state = load_file(str(weights), device="cpu")
         model.load_state_dict(state, strict=True)
     except Exception as e:  # noqa: BLE001 - safetensors and torch raise various types
-        raise CheckpointError(f"{weights} does not fit the model of {run}/config.yaml: {e}") from None
+        raise CheckpointError(
+            f"{weights} does not fit the model of {run}/config.yaml: {e}"
+        ) from None
     model.to(device).eval()
     return LoadedRun(model, cfg, list(meta["classes"]), meta, run, name)
 

@@ -34,9 +34,14 @@ from .metrics import classification_metrics, headline
 #: Published full-data figures (DESIGN.md), shown beside the run's own numbers for orientation.
 PUBLISHED = {
     "Matek 2021 ResNeXt-50 (full 21 classes, published)": {
-        "accuracy": 0.73, "balanced_accuracy": 0.69, "f1_weighted": 0.75},
+        "accuracy": 0.73,
+        "balanced_accuracy": 0.69,
+        "f1_weighted": 0.75,
+    },
     "DinoBloom frozen + logistic (full data, published)": {
-        "accuracy": 0.85, "balanced_accuracy": "0.64-0.69"},
+        "accuracy": 0.85,
+        "balanced_accuracy": "0.64-0.69",
+    },
 }
 
 

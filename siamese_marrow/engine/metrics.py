@@ -27,9 +27,7 @@ def classification_metrics(
     y_pred = np.asarray(y_pred, dtype=np.int64)
     labels = list(range(len(classes)))
     present = sorted(set(y_true.tolist()))
-    p, r, f, s = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -37,7 +35,9 @@ def classification_metrics(
         "f1_weighted": float(
             f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)
         ),
-        "f1_macro": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "f1_macro": float(
+            f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+        ),
         "per_class": {
             c: {
                 "precision": float(p[i]),

@@ -84,7 +84,9 @@ def run_demo(cfg: Config, out: Path, quick: bool = False, progress: bool = True)
         "bank": str(bank_dir),
         "classes": data.classes,
         "baseline_probe": summary.get("baseline_probe"),
-        "evaluation": {k: ev[k] for k in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro")},
+        "evaluation": {
+            k: ev[k] for k in ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro")
+        },
         "retrieval": ev.get("retrieval"),
         "fewshot": {"class": novel, "shots": shots, "queries": n_query, "accuracy": fewshot_acc},
         "report": ev["report"],

@@ -41,7 +41,9 @@ def knn_classify(
 ) -> dict[str, Any]:
     """Cosine k-NN (distance-weighted for k > 1)."""
     clf = KNeighborsClassifier(
-        n_neighbors=min(k, len(x_train)), metric="cosine", weights="distance" if k > 1 else "uniform"
+        n_neighbors=min(k, len(x_train)),
+        metric="cosine",
+        weights="distance" if k > 1 else "uniform",
     )
     clf.fit(x_train, y_train)
     return classification_metrics(y_test, clf.predict(x_test), classes)

@@ -167,8 +167,13 @@ def validate(
 def frozen_probe(data: PreparedData, cfg: Config, device: str) -> dict[str, Any]:
     """Logistic regression on the frozen pretrained features of the same backbone (no projection),
     trained on the training split, scored on the validation split."""
-    bb = create_backbone(cfg.model.backbone, cfg.model.pretrained, embed_dim=0,
-                         img_size=cfg.model.img_size).to(device).eval()
+    bb = (
+        create_backbone(
+            cfg.model.backbone, cfg.model.pretrained, embed_dim=0, img_size=cfg.model.img_size
+        )
+        .to(device)
+        .eval()
+    )
     tf = eval_transform(bb.spec)
     kw = dict(batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers, device=device)
 
@@ -282,8 +287,11 @@ def train(
         summary["baseline_probe"] = headline(json.loads(probe_path.read_text()))
 
     def checkpoint(name: str, meta: dict[str, Any], with_state: bool) -> None:
-        bad = [k for k, v in model.state_dict().items()
-               if v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = [
+            k
+            for k, v in model.state_dict().items()
+            if v.is_floating_point() and not torch.isfinite(v).all()
+        ]
         if bad:  # a finite loss can still step into NaN/inf weights: never save those
             raise TrainingError(
                 f"the weights became non-finite ({', '.join(bad[:3])}) at step {state.step}; "
@@ -315,8 +323,14 @@ def train(
         t_epoch = time.perf_counter()
         sums: dict[str, float] = {}
         n_batches = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress,
-                   initial=state.batch, total=steps_per_epoch, leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            disable=not progress,
+            initial=state.batch,
+            total=steps_per_epoch,
+            leave=False,
+        )
         for x, y in bar:
             step_seed = tc.seed * 1_000_003 + state.step
             gen = torch.Generator().manual_seed(step_seed)
@@ -325,8 +339,14 @@ def train(
             with autocast:
                 emb = model.embed(x).float()
             loss, parts = siamese_loss(
-                model, emb, y, len(data.classes), tc.bce_weight, tc.consensus_weight,
-                cfg.sampler.hard_negatives, gen,
+                model,
+                emb,
+                y,
+                len(data.classes),
+                tc.bce_weight,
+                tc.consensus_weight,
+                cfg.sampler.hard_negatives,
+                gen,
             )
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -346,8 +366,11 @@ def train(
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{parts['loss']:.3f}", acc=f"{parts['batch_acc']:.2f}")
-            if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 \
-                    and state.batch < steps_per_epoch:
+            if (
+                tc.checkpoint_every
+                and state.step % tc.checkpoint_every == 0
+                and state.batch < steps_per_epoch
+            ):
                 checkpoint("last", {"epoch": epoch, "step": state.step}, with_state=True)
         bar.close()
         train_time = time.perf_counter() - t_epoch
@@ -361,7 +384,9 @@ def train(
             "lr": scheduler.get_last_lr()[0],
             "tau": float(model.consensus_head.tau.detach()),
             "train_seconds": round(train_time, 2),
-            "train_images_per_s": round(n_batches * sampler.p * sampler.k / max(train_time, 1e-9), 1),
+            "train_images_per_s": round(
+                n_batches * sampler.p * sampler.k / max(train_time, 1e-9), 1
+            ),
             "epoch_seconds": round(time.perf_counter() - t_epoch, 2),
         }
         state.epoch += 1
@@ -369,7 +394,10 @@ def train(
         improved = val["val_balanced_accuracy"] > state.best
         if improved:
             state.best, state.best_epoch, state.bad_epochs = (
-                val["val_balanced_accuracy"], epoch + 1, 0)
+                val["val_balanced_accuracy"],
+                epoch + 1,
+                0,
+            )
         else:
             state.bad_epochs += 1
         state.history.append(record)
@@ -380,8 +408,11 @@ def train(
                 f"val bal.acc {val['val_balanced_accuracy']:.4f} acc {val['val_accuracy']:.4f} "
                 f"pair AUC {val.get('val_pair_auc', float('nan')):.4f}"
             )
-        meta = {"epoch": epoch + 1, "step": state.step, "val": headline(val_metrics) | {
-            "pair_auc": val.get("val_pair_auc")}}
+        meta = {
+            "epoch": epoch + 1,
+            "step": state.step,
+            "val": headline(val_metrics) | {"pair_auc": val.get("val_pair_auc")},
+        }
         if improved:
             checkpoint("best", meta, with_state=False)
             (out / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))

@@ -88,8 +88,9 @@ def embed_paths(
     ``backbone_s`` (``model.embed`` only), ``load_s`` (decode + transform) and ``total_s``."""
     timing: dict[str, float] = {}
     ds = _PathDataset([str(p) for p in paths], eval_transform(model.backbone.spec))
-    emb, _ = embed_dataset(model, ds, batch_size, num_workers, progress=progress, desc=desc,
-                           timing=timing)
+    emb, _ = embed_dataset(
+        model, ds, batch_size, num_workers, progress=progress, desc=desc, timing=timing
+    )
     return emb.astype(np.float32, copy=False), timing
 
 
@@ -499,4 +500,3 @@ def _write(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-

@@ -82,9 +82,13 @@ class Backbone(nn.Module):
             p.requires_grad_(name in trainable)
             count += p.numel() if name in trainable else 0
         for mname, m in self.model.named_modules():
-            params = [f"{mname}.{pn}" if mname else pn for pn, _ in m.named_parameters(recurse=False)]
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(
-                p in trainable for p in params
+            params = [
+                f"{mname}.{pn}" if mname else pn for pn, _ in m.named_parameters(recurse=False)
+            ]
+            if (
+                isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and params
+                and not any(p in trainable for p in params)
             ):
                 self._frozen_modules.append(mname)
         self.train(self.training)
@@ -136,7 +140,9 @@ def load_lite0_into(model: nn.Module) -> None:
     mapped = {}
     for (sk, sv), (dk, dv) in zip(src_items, dst.items()):
         if sv.shape != dv.shape:
-            raise ConfigError(f"Lite0 weight {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+            raise ConfigError(
+                f"Lite0 weight {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}"
+            )
         mapped[dk] = sv
     model.load_state_dict(mapped, strict=True)
 
