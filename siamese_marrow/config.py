@@ -36,7 +36,7 @@ class DataConfig:
     root: str = "synthetic"
     # Restrict to these class codes (None = every class found).
     classes: list[str] | None = None
-    # Fraction of each class held out for validation (stratified; grouped when a group column exists).
+    # Fraction of each class held out for validation (stratified; grouped by a group column).
     val_fraction: float = 0.2
     # Fraction of each class held out as a test split (0 = none).
     test_fraction: float = 0.0
@@ -287,7 +287,7 @@ def _validate(obj: Any, where: str) -> None:
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """Turn ``["train.lr=0.01", "data.classes=[BLA,EOS]"]`` into a nested dict (YAML-parsed values)."""
+    """Turn ``["train.lr=0.01", "data.classes=[BLA,EOS]"]`` into a nested dict of YAML values."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:

@@ -1,4 +1,4 @@
-"""Where the time of consensus classification goes: backbone forward vs search + heads + aggregation.
+"""Where consensus classification spends its time: backbone forward vs search + heads + consensus.
 
 Builds an anchor bank of a run's model on --data (or reuses --bank), then classifies a batch of
 query images several times. The baseline, in the same run, is the backbone forward pass alone on

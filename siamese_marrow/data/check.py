@@ -31,7 +31,7 @@ def _check_one(path: str) -> str | None:
 def find_bad_images(
     samples: Sequence[Sample], workers: int = 0, progress: bool = False
 ) -> list[BadImage]:
-    """Decode every image fully (in ``workers`` processes; 0 = in this one) and list the bad ones."""
+    """Decode every image fully (in ``workers`` processes; 0 = here) and list the bad ones."""
     paths = [s.path for s in samples]
     if workers > 0 and len(paths) > 256:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -45,7 +45,7 @@ def find_bad_images(
             )
     else:
         results = [_check_one(p) for p in tqdm(paths, desc="check images", disable=not progress)]
-    return [BadImage(p, r) for p, r in zip(paths, results) if r is not None]
+    return [BadImage(p, r) for p, r in zip(paths, results, strict=True) if r is not None]
 
 
 def describe_bad(bad: Sequence[BadImage], shown: int = 10) -> str:

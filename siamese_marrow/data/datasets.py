@@ -1,4 +1,4 @@
-"""Datasets: ImageFolder layout (nested sub-folders allowed) and CSV manifests ``path,label[,group]``.
+"""Datasets: ImageFolder layout (nested sub-folders allowed), CSV manifests ``path,label[,group]``.
 
 A dataset is a list of :class:`Sample` plus a stable class list. Labels are known without
 decoding any image, so samplers and splits never touch pixels.
@@ -173,5 +173,5 @@ class CellDataset(Dataset):
 
 
 def collate_images(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*batch)
+    images, labels = zip(*batch, strict=True)
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)

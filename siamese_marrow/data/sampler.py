@@ -44,7 +44,7 @@ class PKBatchSampler:
             raise ConfigError(f"sampler.class_weighting={weighting!r} is not one of {WEIGHTINGS}")
         if p < 2:
             raise ConfigError(
-                f"sampler.p_classes={p}: at least 2 classes per batch are needed for dissimilar pairs"
+                f"sampler.p_classes={p}: dissimilar pairs need at least 2 classes per batch"
             )
         if p > len(classes):
             raise ConfigError(
@@ -64,12 +64,12 @@ class PKBatchSampler:
         self.class_p = w / w.sum()
         self.singletons = [
             (names[int(c)] if names else str(int(c)))
-            for c, ix in zip(classes, self.by_class)
+            for c, ix in zip(classes, self.by_class, strict=True)
             if len(ix) == 1
         ]
         if batches_per_epoch <= 0:
             batches_per_epoch = max(1, int(np.ceil(len(labels_arr) / (p * k))))
-        # the global sequence has a multiple of world_size batches, so every rank gets the same count
+        # a multiple of world_size batches in the global sequence: every rank gets as many
         self.global_batches = int(np.ceil(batches_per_epoch / world_size)) * world_size
         self.epoch = 0
         self.start_batch = 0
@@ -102,4 +102,4 @@ class PKBatchSampler:
             batch = self.global_batch(rng)  # always drawn, so every rank sees the same sequence
             mine = b % self.world_size == self.rank
             if mine and b // self.world_size >= self.start_batch:
-                yield [(int(i), int(s)) for i, s in zip(batch, item_seeds[b])]
+                yield [(int(i), int(s)) for i, s in zip(batch, item_seeds[b], strict=True)]

@@ -1,4 +1,4 @@
-"""The training objective: BCE of each gate on balanced pairs plus cross-entropy of the consensus."""
+"""The training objective: BCE of each gate on balanced pairs + cross-entropy of the consensus."""
 
 from __future__ import annotations
 

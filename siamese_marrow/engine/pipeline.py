@@ -54,7 +54,7 @@ def run_demo(cfg: Config, out: Path, quick: bool = False, progress: bool = True)
     _say("3/6 classify a few held-out images")
     few = list({s.label: s for s in reversed(data.val)}.values())[:8]  # one image per class
     records = classify_paths(bank, [s.path for s in few])
-    for s, r in zip(few, records):
+    for s, r in zip(few, records, strict=True):
         p = r["probabilities"].get(r["prediction"], 0.0)
         _say(f"    {Path(s.path).name}: true {s.label}, predicted {r['prediction']} (g={p:.2f})")
 

@@ -60,7 +60,7 @@ class SeededAugDataset(Dataset):
 
 
 def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*batch)
+    xs, ys = zip(*batch, strict=True)
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
@@ -350,7 +350,8 @@ def train(
             )
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {state.step + 1}; "
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                    f"step {state.step + 1}; "
                     f"the last good checkpoint in {out} is kept. Lower train.lr / "
                     "train.backbone_lr or check the data"
                 )

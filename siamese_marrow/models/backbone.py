@@ -138,7 +138,7 @@ def load_lite0_into(model: nn.Module) -> None:
             f"model.pretrained=lite0 needs model.backbone={LITE0_ARCH}"
         )
     mapped = {}
-    for (sk, sv), (dk, dv) in zip(src_items, dst.items()):
+    for (sk, sv), (dk, dv) in zip(src_items, dst.items(), strict=True):
         if sv.shape != dv.shape:
             raise ConfigError(
                 f"Lite0 weight {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}"

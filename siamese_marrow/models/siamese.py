@@ -11,7 +11,7 @@ from .heads import ConcatHead, Consensus, HadamardHead
 
 
 class SiameseNet(nn.Module):
-    """``embed`` images once, score many pairs in one call, and turn scores into class probabilities.
+    """Embed images once, score many pairs in one call, turn the scores into class probabilities.
 
     Shapes: images ``(B, 3, H, W)``; embeddings ``(B, D)``, unit norm; ``pair_scores`` broadcasts
     ``fa (..., D)`` against ``ft (..., D)``; ``score_matrix`` gives ``(B, M)`` for B tests and M
@@ -77,7 +77,7 @@ class SiameseNet(nn.Module):
         classes: torch.Tensor,
         num_classes: int | None = None,
     ) -> torch.Tensor:
-        """Class probabilities g ``(B, C)`` from gate probabilities ``(h1, h2)`` of shape ``(B, M)``.
+        """Class probabilities g ``(B, C)`` from gate probabilities ``(h1, h2)``, each ``(B, M)``.
 
         ``classes``: ``(M,)`` or ``(B, M)`` class index of each anchor (-1 = ignore).
         """
