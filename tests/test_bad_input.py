@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, cli, set_args
 from PIL import Image
 
 from siamese_marrow.data.check import find_bad_images
@@ -68,20 +67,10 @@ def dirty_data(tmp_path: Path) -> Path:
     return root
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "siamese_marrow.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
 def test_check_data_lists_every_bad_file(dirty_data: Path, tmp_path: Path) -> None:
     bad = find_bad_images(load_samples(dirty_data))
     assert len(bad) == 6
-    r = _cli("check-data", str(dirty_data), "--quiet", "--json", str(tmp_path / "c.json"))
+    r = cli("check-data", str(dirty_data), "--quiet", "--json", str(tmp_path / "c.json"))
     assert r.returncode == 1
     for name in make_bad_files(tmp_path / "again"):
         assert name in r.stderr
@@ -89,39 +78,27 @@ def test_check_data_lists_every_bad_file(dirty_data: Path, tmp_path: Path) -> No
     assert len(json.loads((tmp_path / "c.json").read_text())["bad"]) == 6
 
 
-TINY = [
-    "--set",
-    "model.backbone=test_efficientnet",
-    "--set",
-    "model.pretrained=none",
-    "--set",
-    "model.img_size=32",
-    "--set",
-    "model.embed_dim=8",
-    "--set",
-    "sampler.p_classes=3",
-    "--set",
-    "sampler.k_per_class=2",
-    "--set",
-    "sampler.batches_per_epoch=2",
-    "--set",
-    "train.epochs=1",
-    "--set",
-    "train.baseline_probe=false",
-    "--set",
-    "data.val_fraction=0.3",
-]
+TINY = set_args(
+    [
+        *TINY_MODEL,
+        "sampler.p_classes=3",
+        "sampler.k_per_class=2",
+        "sampler.batches_per_epoch=2",
+        "train.epochs=1",
+        "data.val_fraction=0.3",
+    ]
+)
 
 
 def test_train_stops_before_work_and_skip_bad_lists_them(dirty_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    r = _cli("train", "--out", str(run), "--quiet", "--set", f"data.root={dirty_data}", *TINY)
+    r = cli("train", "--out", str(run), "--quiet", "--set", f"data.root={dirty_data}", *TINY)
     assert r.returncode == 2, r.stderr
     assert "6 of 24 images cannot be used" in r.stderr and "truncated.jpg" in r.stderr
     assert "--skip-bad" in r.stderr and "Traceback" not in r.stderr
     assert not (run / "last.json").exists()
 
-    r = _cli(
+    r = cli(
         "train",
         "--out",
         str(run),
@@ -148,7 +125,7 @@ def test_train_stops_before_work_and_skip_bad_lists_them(dirty_data: Path, tmp_p
 def test_bad_config_is_one_clear_line(
     dirty_data: Path, tmp_path: Path, args: list[str], words: str
 ) -> None:
-    r = _cli(
+    r = cli(
         "train",
         "--out",
         str(tmp_path / "r"),
@@ -163,10 +140,10 @@ def test_bad_config_is_one_clear_line(
 
 
 def test_missing_data_folder_and_empty_class(tmp_path: Path) -> None:
-    r = _cli("check-data", str(tmp_path / "nowhere"))
+    r = cli("check-data", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "does not exist" in r.stderr
     (tmp_path / "d" / "BLA").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "d" / "BLA" / "a.png")
     (tmp_path / "d" / "EOS").mkdir()
-    r = _cli("check-data", str(tmp_path / "d"))
+    r = cli("check-data", str(tmp_path / "d"))
     assert r.returncode == 2 and "EOS" in r.stderr and "hold no images" in r.stderr

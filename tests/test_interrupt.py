@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_MODEL, set_args
 from safetensors.torch import load_file, save_file
 
 from siamese_marrow import cli
@@ -32,16 +33,12 @@ from siamese_marrow.engine.train import train
 from siamese_marrow.index.bank import AnchorBank, BankError
 
 TINY = [
-    "model.backbone=test_efficientnet",
-    "model.pretrained=none",
-    "model.img_size=32",
-    "model.embed_dim=8",
+    *TINY_MODEL,
     "sampler.p_classes=3",
     "sampler.k_per_class=2",
     "sampler.batches_per_epoch=4",
     "train.epochs=3",
     "train.checkpoint_every=1",
-    "train.baseline_probe=false",
     "train.threads=1",
     "data.num_workers=0",
 ]
@@ -65,10 +62,7 @@ def _env() -> dict[str, str]:
 
 
 def _overrides(data: Path) -> list[str]:
-    out: list[str] = []
-    for kv in [*TINY, f"data.root={data}"]:
-        out += ["--set", kv]
-    return out
+    return set_args([*TINY, f"data.root={data}"])
 
 
 @pytest.fixture(scope="module")

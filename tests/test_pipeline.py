@@ -4,25 +4,11 @@ evaluate -> report), then the commands scripts rely on, with their documented ou
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL, cli, set_args
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        [sys.executable, "-m", "siamese_marrow.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    return r
 
 
 @pytest.fixture(scope="module")
@@ -153,18 +139,7 @@ def test_evaluate_refuses_mismatched_bank(demo: Path, tmp_path: Path) -> None:
         "--out",
         str(other),
         "--quiet",
-        "--set",
-        "model.backbone=test_efficientnet",
-        "--set",
-        "model.pretrained=none",
-        "--set",
-        "model.img_size=32",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "data.synth_per_class=6",
-        "--set",
-        "train.baseline_probe=false",
+        *set_args([*TINY_MODEL, "train.epochs=1", "data.synth_per_class=6"]),
     )
     assert r.returncode == 0, r.stderr
     r = cli("evaluate", "--run", str(other), "--bank", str(demo / "bank"), "--quiet")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_MODEL
 
 from siamese_marrow.config import load_config
 from siamese_marrow.data.synth import write_dataset
@@ -20,17 +21,14 @@ from siamese_marrow.engine.train import build_optimizer, train
 from siamese_marrow.models import build_model
 
 TINY = [
-    "model.backbone=test_efficientnet",
-    "model.pretrained=none",
+    *TINY_MODEL,
     "model.embed_dim=16",
-    "model.img_size=32",
     "model.head_hidden=16",
     "sampler.p_classes=3",
     "sampler.k_per_class=2",
     "sampler.batches_per_epoch=3",
     "train.epochs=2",
     "train.warmup_steps=2",
-    "train.baseline_probe=false",
     "train.eval_batch_size=16",
     "train.threads=1",
     "data.val_fraction=0.25",
