@@ -175,29 +175,14 @@ def classify_paths_timed(
 
 
 def classify_paths(
-    bank: BankLike,
-    paths: Sequence[str | Path],
-    *,
-    abstain_below: float | None = None,
-    top_m: int | None = None,
-    per_class_k: int | None = None,
-    n_support: int = 5,
-    batch_size: int = 64,
-    num_workers: int = 0,
+    bank: BankLike, paths: Sequence[str | Path], **options: Any
 ) -> list[dict[str, Any]]:
     """One record per image (files, or folders expanded):
-    ``{"path", "prediction": code | "uncertain", "probabilities": {code: p}, "anchors": [...]}``."""
-    records, _ = classify_paths_timed(
-        bank,
-        paths,
-        abstain_below=abstain_below,
-        top_m=top_m,
-        per_class_k=per_class_k,
-        n_support=n_support,
-        batch_size=batch_size,
-        num_workers=num_workers,
-    )
-    return records
+    ``{"path", "prediction": code | "uncertain", "probabilities": {code: p}, "anchors": [...]}``.
+
+    ``options`` are those of :func:`classify_paths_timed` (abstain_below, top_m, per_class_k,
+    n_support, batch_size, num_workers)."""
+    return classify_paths_timed(bank, paths, **options)[0]
 
 
 def format_records(records: Sequence[dict[str, Any]], fmt: str = "jsonl") -> str:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .faiss_index import as_matrix
+
 if TYPE_CHECKING:
     from .bank import AnchorBank
 
@@ -67,15 +69,6 @@ class Classification:
                 paths, self.predictions, self.probabilities, self.support, strict=True
             )
         ]
-
-
-def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    q = np.asarray(queries)
-    if q.ndim != 2 or q.shape[1] != dim:
-        raise ValueError(f"queries: expected shape (B, {dim}), got {q.shape}")
-    if not np.issubdtype(q.dtype, np.floating):
-        raise TypeError(f"queries: expected floating-point embeddings, got {q.dtype}")
-    return np.ascontiguousarray(q, dtype=np.float32)
 
 
 def class_members(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
@@ -206,7 +199,7 @@ def classify(
         raise BankError("the bank holds no anchors; add some with bank add")
     if top_m <= 0 and per_class_k <= 0:
         raise ValueError(f"top_m={top_m} and per_class_k={per_class_k}: at least one must be >= 1")
-    q_all = check_queries(queries, bank.dim)
+    q_all = as_matrix(queries, bank.dim, "queries")
     n_cls = len(bank.classes)
     t_total = time.perf_counter()
     t_search = t_heads = 0.0
@@ -258,7 +251,7 @@ def classify(
 def search(bank: AnchorBank, queries: np.ndarray, k: int = 10) -> list[list[dict[str, Any]]]:
     """The ``k`` nearest anchors of each query ``(B, D)`` by the bank's index, nearest first:
     ``{"path", "label", "similarity", "pair_probability"}`` (cosine and (h1 + h2) / 2)."""
-    q = check_queries(queries, bank.dim)
+    q = as_matrix(queries, bank.dim, "queries")
     if k < 1:
         raise ValueError(f"k={k} must be >= 1")
     if len(bank) == 0:

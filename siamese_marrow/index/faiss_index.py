@@ -52,7 +52,8 @@ def min_train_size(factory: str) -> int:
     return need
 
 
-def _as_matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+def as_matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 ``(N, dim)`` array, or a clear error naming ``what``."""
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"{what}: expected an array of shape (N, {dim}), got {x.shape}")
@@ -125,7 +126,7 @@ class FaissIndex:
     def train(self, x: np.ndarray) -> None:
         """Train IVF centroids / PQ codebooks on ``x (N, D)``; refused with the numbers if N is
         below what the factory string needs."""
-        x = _as_matrix(x, self.dim, "train")
+        x = as_matrix(x, self.dim, "train")
         need = min_train_size(self.factory)
         if len(x) < need:
             raise TrainingError(
@@ -145,7 +146,7 @@ class FaissIndex:
 
         An untrained index is first trained on ``x``.
         """
-        x = _as_matrix(x, self.dim, "add")
+        x = as_matrix(x, self.dim, "add")
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
         ids = _as_ids(ids, len(x))
@@ -181,7 +182,7 @@ class FaissIndex:
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``q (B, D)`` -> ``(sims (B, k) float32, ids (B, k) int64)``; missing results get id -1
         (and sim -inf for ``ip``, +inf for ``l2``)."""
-        q = _as_matrix(q, self.dim, "search")
+        q = as_matrix(q, self.dim, "search")
         if k < 1:
             raise ValueError(f"k={k} must be >= 1")
         if len(q) == 0 or self.ntotal == 0:
