@@ -168,6 +168,11 @@ class BankConfig:
     top_m: int = 64
     # Anchors per class reached for classes missing from the top-M candidates.
     per_class_k: int = 5
+    # Score every anchor instead of a FAISS shortlist (exact consensus). With model.aggregate=mean
+    # a class's score then does not depend on how many anchors it has, which few-shot classes
+    # need: top-M or top-k aggregation favours classes with many anchors. Costs
+    # O(anchors x head width) per query: fine up to ~1e5 anchors.
+    score_all_anchors: bool = False
     # Calls whose top probability is below this are "uncertain" (0 = never).
     abstain_below: float = 0.0
 

@@ -330,3 +330,21 @@ def test_new_class_is_classified_right_after_add(tmp_path) -> None:
 
     removed = inference.bank_remove(bank_dir, "platelet")
     assert removed["removed"] == 6 and "platelet" not in removed["classes"]
+
+
+def test_score_all_anchors_equals_the_full_consensus(bank) -> None:
+    """Exact mode scores every anchor: g equals the consensus over the whole score matrix."""
+    from siamese_marrow.engine.train import predict_consensus
+
+    q = norm(queries())
+    bank.config.bank.score_all_anchors = True
+    result = bank.classify(q)
+    assert (result.num_candidates == len(bank)).all()
+    g, _ = predict_consensus(
+        bank.model,
+        torch.from_numpy(bank.embeddings),
+        torch.from_numpy(bank.labels),
+        torch.from_numpy(q),
+        len(bank.classes),
+    )
+    np.testing.assert_allclose(result.probabilities, g, atol=1e-5)

@@ -10,6 +10,9 @@ For each query embedding (DESIGN.md, "Anchor bank"):
    (queries x candidates, padding labelled -1 so the consensus ignores it);
 4. ``model.consensus`` aggregates per class into g, which therefore covers every class.
 
+With ``bank.score_all_anchors`` every anchor is a candidate (steps 1-2 are skipped): the exact
+consensus, unbiased across class sizes with ``model.aggregate=mean``.
+
 Reported per anchor: ``similarity`` = cosine of the unit-norm embeddings (computed exactly, even
 when the index is approximate) and ``pair_probability`` = (h1 + h2) / 2, the mean of the two gate
 probabilities that anchor and query show the same class.
@@ -208,7 +211,10 @@ def classify(
         q = q_all[start : start + chunk]
         t0 = time.perf_counter()
         m = min(max(top_m, 0), len(bank))
-        if m > 0:
+        if cfg.score_all_anchors:
+            top_rows = np.broadcast_to(np.arange(len(bank)), (len(q), len(bank)))
+            per_class_k = 0  # every anchor is already a candidate
+        elif m > 0:
             _, ids = bank.index.search(q, m)
             top_rows = bank.rows_of_ids(ids)
         else:
