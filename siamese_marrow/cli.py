@@ -379,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except SiameseMarrowError as e:
-        print(f"siamese-marrow {args.command}: error: {e}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "bank_command", None))))
+        print(f"siamese-marrow {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"siamese-marrow {args.command}: interrupted", file=sys.stderr)

@@ -267,8 +267,61 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
     _validate(obj, where)
 
 
+#: Lowest allowed value of numeric fields: (bound, strict). Fields not listed accept any value.
+_BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
+    DataConfig: {
+        "split_seed": (0, False),
+        "synth_per_class": (1, False),
+        "synth_size": (16, False),
+        "num_workers": (0, False),
+    },
+    ModelConfig: {
+        "embed_dim": (0, False),
+        "img_size": (0, False),
+        "head_hidden": (1, False),
+        "tau_init": (0, True),
+        "aggregate_k": (1, False),
+        "drop_rate": (0, False),
+    },
+    SamplerConfig: {
+        "p_classes": (1, False),
+        "k_per_class": (1, False),
+        "batches_per_epoch": (0, False),
+    },
+    AugmentConfig: {
+        "scale_min": (0, True),
+        "scale_max": (0, True),
+        "brightness": (0, False),
+        "contrast": (0, False),
+        "saturation": (0, False),
+        "hue": (0, False),
+    },
+    TrainConfig: {
+        "epochs": (1, False),
+        "lr": (0, True),
+        "backbone_lr": (0, False),
+        "weight_decay": (0, False),
+        "warmup_steps": (0, False),
+        "grad_clip": (0, False),
+        "bce_weight": (0, False),
+        "consensus_weight": (0, False),
+        "early_stop_patience": (0, False),
+        "seed": (0, False),
+        "threads": (0, False),
+        "eval_batch_size": (1, False),
+        "checkpoint_every": (0, False),
+        "val_anchors_per_class": (0, False),
+    },
+    BankConfig: {"top_m": (0, False), "per_class_k": (0, False), "abstain_below": (0, False)},
+}
+
+
 def _validate(obj: Any, where: str) -> None:
-    """Cross-field checks with the numbers in the message."""
+    """Bounds and cross-field checks, with the numbers in the message."""
+    for name, (low, strict) in _BOUNDS.get(type(obj), {}).items():
+        value = getattr(obj, name)
+        if value < low or (strict and value == low):
+            raise ConfigError(f"{where}.{name}={value} must be {'>' if strict else '>='} {low:g}")
     if isinstance(obj, TrainConfig) and not FREEZE_PATTERN.match(obj.freeze):
         raise ConfigError(
             f"{where}.freeze: {obj.freeze!r} is not none, all or last-N (e.g. last-5)"

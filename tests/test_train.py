@@ -131,3 +131,14 @@ def test_checkpoint_gives_identical_embeddings_in_a_fresh_process(
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), here, atol=1e-6)
+
+
+def test_outputs_get_the_usual_file_mode(tiny_data: Path, tmp_path: Path) -> None:
+    import os
+
+    from siamese_marrow.utils import umask
+
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_data, "train.epochs=1"), run, progress=False)
+    for name in ("last.safetensors", "last.json", "config.yaml", "classes.json"):
+        assert os.stat(run / name).st_mode & 0o777 == 0o666 & ~umask(), name

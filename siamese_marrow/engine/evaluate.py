@@ -136,7 +136,8 @@ def evaluate(
         baselines["Logistic probe on frozen pretrained features (same split)"] = headline(
             json.loads(probe.read_text())
         )
-    baselines.update(PUBLISHED)
+    if loaded.cfg.data.root != "synthetic":  # published figures are for real cells only
+        baselines.update(PUBLISHED)
     report = write_report(
         out / "report.html",
         title=f"siamese-marrow evaluation of {run.absolute().parent.name}/{run.name}",

@@ -26,6 +26,7 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.sampler import PKBatchSampler
 from ..data.transforms import eval_transform, train_transform
 from ..errors import ConfigError, SiameseMarrowError
+from ..index.faiss_index import FaissIndex
 from ..models import SiameseNet, build_model, create_backbone
 from ..utils import atomic_write_text, resolve_device
 from .checkpoint import load_config_of, load_train_state, read_meta, save_checkpoint
@@ -217,13 +218,14 @@ def train(
             f"sampler.k_per_class={cfg.sampler.k_per_class}: training needs K >= 2 so every class "
             "in a batch has a similar pair (a one-image class repeats as augmented views)"
         )
-    data = prepare_data(cfg.data, synth_dir=out / "synthetic-data", progress=progress)
-    if not data.val:
-        raise ConfigError("data.val_fraction is 0: training needs a validation split")
-
+    # everything that can be refused is checked before any file is written
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model)
     n_trainable = model.backbone.apply_freeze(tc.freeze)
+    FaissIndex(model.dim, cfg.bank.index)  # the bank.index of this run's banks must parse
+    data = prepare_data(cfg.data, synth_dir=out / "synthetic-data", progress=progress)
+    if not data.val:
+        raise ConfigError("data.val_fraction is 0: training needs a validation split")
     state = TrainState()
     if resume:
         weights, saved = load_train_state(out, "last")

@@ -48,7 +48,7 @@ from ..engine.checkpoint import CheckpointError, LoadedRun, load_run
 from ..engine.embed import embed_dataset
 from ..errors import SiameseMarrowError
 from ..models import SiameseNet
-from ..utils import fsync_dir, sha256_file
+from ..utils import fsync_dir, sha256_file, umask
 from .faiss_index import FaissIndex, RemoveUnsupported
 
 if TYPE_CHECKING:
@@ -319,6 +319,7 @@ class AnchorBank:
         for stale in parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; give the usual folder mode
         try:
             self._write_files(tmp)
             backup = _backup_of(target)

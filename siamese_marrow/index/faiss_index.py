@@ -274,4 +274,5 @@ def _faiss_message(e: Exception) -> str:
     for marker in ("Error: ", "failed: "):
         if marker in text:
             text = text.rsplit(marker, 1)[-1]
+    text = re.split(r"\.(?:cpp|h):\d+: ", text)[-1]  # drop "Error in <C++ signature> at file:line"
     return text.splitlines()[0] if text else type(e).__name__

@@ -110,8 +110,8 @@ def _headline_section(metrics: Mapping[str, Any]) -> str:
     return (
         '<h2 id="headline">Headline metrics</h2>'
         + table
-        + '<p class="note">Balanced accuracy is the mean recall over classes; on data this '
-        "imbalanced, accuracy alone flatters a model that ignores the rare classes.</p>"
+        + '<p class="note">Balanced accuracy is the mean recall over classes; on imbalanced '
+        "data, accuracy alone flatters a model that ignores the rare classes.</p>"
     )
 
 
