@@ -147,3 +147,26 @@ def test_missing_data_folder_and_empty_class(tmp_path: Path) -> None:
     (tmp_path / "d" / "EOS").mkdir()
     r = cli("check-data", str(tmp_path / "d"))
     assert r.returncode == 2 and "EOS" in r.stderr and "hold no images" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("bank.index=Bogus", "could not parse index string Bogus"),
+        ("model.backbone=resnet_nope", "is not a timm model"),
+    ],
+)
+def test_refused_before_any_file_is_written(
+    dirty_data: Path, tmp_path: Path, override: str, words: str
+) -> None:
+    run = tmp_path / "run"
+    r = cli(
+        "train",
+        "--out",
+        str(run),
+        "--quiet",
+        "--skip-bad",
+        *set_args([f"data.root={dirty_data}", *TINY_MODEL, override]),
+    )
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not run.exists()

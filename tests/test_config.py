@@ -46,6 +46,10 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
         ("data.val_fraction=1.5", "val_fraction"),
         ("train.amp=maybe", "expected true or false"),
         ("noequals", "section.key=value"),
+        ("train.lr=-1", r"train.lr=-1.0 must be > 0"),
+        ("train.epochs=0", "train.epochs=0 must be >= 1"),
+        ("model.tau_init=0", "model.tau_init=0.0 must be > 0"),
+        ("bank.top_m=-3", "bank.top_m=-3 must be >= 0"),
     ],
 )
 def test_bad_values_name_the_key(override: str, match: str) -> None:
