@@ -258,8 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--per-class", type=int, help="images per class (uniform profile)")
     g.add_argument("--total", type=int, help="total images (matek profile)")
-    p.add_argument("--profile", choices=("uniform", "matek"), default="uniform")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--profile",
+        choices=("uniform", "matek"),
+        default="uniform",
+        help="uniform counts, or the real imbalance of Matek 2021 scaled down",
+    )
+    p.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
@@ -293,24 +298,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")
     b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
-    b.add_argument("--bank", required=True)
+    b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True, help="class code of the new anchors")
     b.add_argument("images", nargs="+", help="image files or folders")
     b.add_argument("--run", help="the run whose model built the bank, if it has moved")
-    b.add_argument("--workers", type=int, default=0)
+    b.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")
     b = bank_sub.add_parser("remove", help="remove every anchor of a class")
-    b.add_argument("--bank", required=True)
+    b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True)
     b.add_argument("--run", help="the run whose model built the bank, if it has moved")
     b = bank_sub.add_parser("info", help="print a bank's manifest")
-    b.add_argument("--bank", required=True)
+    b.add_argument("--bank", required=True, help="anchor bank folder")
     p.set_defaults(func=cmd_bank)
 
     p = sub.add_parser("classify", help="consensus classification against a bank")
-    p.add_argument("--bank", required=True)
+    p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--format", choices=("jsonl", "json", "csv"), default="jsonl")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "json", "csv"),
+        default="jsonl",
+        help="jsonl: one JSON object per image (default); json: a list; csv",
+    )
     p.add_argument(
         "--abstain-below",
         type=float,
@@ -321,13 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--timing", action="store_true", help="print the time breakdown to stderr")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("search", help="nearest anchors of an image: the evidence behind a call")
-    p.add_argument("--bank", required=True)
+    p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("image")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="neighbours to return (default 10)")
     p.add_argument("--gallery", help="also draw the query and its neighbours to this PNG")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
     p.set_defaults(func=cmd_search)
@@ -335,18 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fewshot-eval", help="seeded N-way K-shot episodes on unseen classes")
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--n-way", type=int, default=5, help="classes per episode (default 5)")
     p.add_argument("--k-shot", default="1,5", help="comma-separated shots, e.g. 1,5")
-    p.add_argument("--n-query", type=int, default=15)
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--n-query", type=int, default=15, help="query images per class per episode (default 15)"
+    )
+    p.add_argument("--episodes", type=int, default=100, help="seeded episodes (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fewshot_eval)
 
     p = sub.add_parser("retrieval-eval", help="precision@1, R-precision, MAP@R, recall@k")
-    p.add_argument("--bank", required=True)
+    p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("--data", required=True)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
