@@ -340,7 +340,7 @@ def test_score_all_anchors_equals_the_full_consensus(bank) -> None:
     bank.config.bank.score_all_anchors = True
     result = bank.classify(q)
     assert (result.num_candidates == len(bank)).all()
-    g, _ = predict_consensus(
+    g = predict_consensus(
         bank.model,
         torch.from_numpy(bank.embeddings),
         torch.from_numpy(bank.labels),

@@ -643,7 +643,7 @@ def siamese_heldout_rows(
     def by_all_anchors() -> dict[str, Any]:
         dev = next(loaded.model.parameters()).device
         tensors = (torch.from_numpy(a).to(dev) for a in (xtr, ytr, xte))
-        g, _ = predict_consensus(loaded.model, *tensors, len(data.classes))
+        g = predict_consensus(loaded.model, *tensors, len(data.classes))
         return classification_metrics(yte, g.argmax(1), data.classes)
 
     bc = cfg.bank

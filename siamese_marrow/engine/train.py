@@ -107,16 +107,15 @@ def predict_consensus(
     queries: torch.Tensor,
     num_classes: int,
     chunk: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
-    """g ``(Q, C)`` of queries ``(Q, D)`` against all anchors ``(M, D)``, and the mean gate
-    probability ``(Q, M)`` of every query-anchor pair."""
-    probs, pair_p = [], []
+) -> np.ndarray:
+    """g ``(Q, C)`` of queries ``(Q, D)`` against all anchors ``(M, D)``."""
+    probs = []
     for i in range(0, len(queries), chunk):
         l1, l2 = model.score_matrix(anchors, queries[i : i + chunk])
-        h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
-        probs.append(model.consensus((h1, h2), anchor_labels, num_classes))
-        pair_p.append((h1 + h2) / 2)
-    return torch.cat(probs).float().cpu().numpy(), torch.cat(pair_p).float().cpu().numpy()
+        probs.append(
+            model.consensus((torch.sigmoid(l1), torch.sigmoid(l2)), anchor_labels, num_classes)
+        )
+    return torch.cat(probs).float().cpu().numpy()
 
 
 def cap_per_class(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
@@ -149,7 +148,7 @@ def validate(
     model.eval()
     n_cls = len(val_ds.classes)
     fa_t, fv_t = torch.from_numpy(fa).to(device), torch.from_numpy(fv).to(device)
-    g, _ = predict_consensus(model, fa_t, torch.from_numpy(ya).to(device), fv_t, n_cls)
+    g = predict_consensus(model, fa_t, torch.from_numpy(ya).to(device), fv_t, n_cls)
     metrics = classification_metrics(yv, g.argmax(1), val_ds.classes)
     with torch.no_grad():
         l1, l2 = (t.float().cpu() for t in model.score_matrix(fv_t, fv_t))
