@@ -89,7 +89,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.train import resume_config, train
+    from .engine.checkpoint import load_config_of
+    from .engine.train import train
 
     if args.resume:
         if args.config or args.overrides:
@@ -99,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues with the run's own config.yaml; drop --config/--set "
                 "(start a new --out to change the configuration)"
             )
-        cfg, out = resume_config(args.resume), Path(args.resume)
+        cfg, out = load_config_of(args.resume), Path(args.resume)
     else:
         if not args.out:
             from .errors import ConfigError

@@ -57,13 +57,6 @@ def train_transform(spec: DataSpec, aug: AugmentConfig) -> Callable[[Any], torch
     return T.Compose(ops)
 
 
-def denormalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
-    """Undo Normalize for display: ``(..., 3, H, W)`` -> values in [0, 1]."""
-    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
-
-
 def as_tuple3(v: Sequence[float]) -> tuple[float, float, float]:
     a, b, c = (float(x) for x in v)
     return (a, b, c)

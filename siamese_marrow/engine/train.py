@@ -29,7 +29,7 @@ from ..errors import ConfigError, SiameseMarrowError
 from ..index.faiss_index import FaissIndex
 from ..models import SiameseNet, build_model, create_backbone
 from ..utils import atomic_write_text, resolve_device
-from .checkpoint import load_config_of, load_train_state, read_meta, save_checkpoint
+from .checkpoint import load_train_state, read_meta, save_checkpoint
 from .embed import embed_dataset
 from .losses import siamese_loss
 from .metrics import classification_metrics, headline
@@ -435,8 +435,3 @@ def train(
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def resume_config(out: str | Path) -> Config:
-    """The config a run was started with (resuming never mixes configs)."""
-    return load_config_of(out)
