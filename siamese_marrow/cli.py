@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import SiameseMarrowError
 
@@ -89,32 +90,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import load_config_of
+    from .engine.runs import training_plan
     from .engine.train import train
 
-    if args.resume:
-        if args.config or args.overrides:
-            from .errors import ConfigError
-
-            raise ConfigError(
-                "--resume continues with the run's own config.yaml; drop --config/--set "
-                "(start a new --out to change the configuration)"
-            )
-        cfg, out = load_config_of(args.resume), Path(args.resume)
-    else:
-        if not args.out:
-            from .errors import ConfigError
-
-            raise ConfigError("train needs --out RUN (or --resume RUN)")
-        cfg, out = _config(args), Path(args.out)
-        if args.skip_bad:
-            cfg.data.skip_bad = True
-        if (out / "last.json").exists():
-            from .errors import ConfigError
-
-            raise ConfigError(
-                f"{out} already holds a run; continue it with --resume {out} or choose a new --out"
-            )
+    cfg, out = training_plan(args.out, args.resume, args.config, args.overrides, args.skip_bad)
     summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
@@ -125,11 +104,11 @@ def _print_json(obj: object) -> None:
 
 
 def cmd_bank(args: argparse.Namespace) -> int:
-    from .engine import inference as inf
+    from .engine import banks
 
     if args.bank_command == "build":
         _print_json(
-            inf.bank_build(
+            banks.bank_build(
                 args.run,
                 args.data,
                 args.out,
@@ -141,7 +120,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
         )
     elif args.bank_command == "add":
         _print_json(
-            inf.bank_add(
+            banks.bank_add(
                 args.bank,
                 args.label,
                 args.images,
@@ -151,24 +130,25 @@ def cmd_bank(args: argparse.Namespace) -> int:
             )
         )
     elif args.bank_command == "remove":
-        _print_json(inf.bank_remove(args.bank, args.label, run=args.run))
+        _print_json(banks.bank_remove(args.bank, args.label, run=args.run))
     else:
-        _print_json(inf.bank_info(args.bank))
+        _print_json(banks.bank_info(args.bank))
     return 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .engine import inference as inf
+    from .engine.banks import open_bank
+    from .engine.predict import classify_paths_timed, format_records
 
-    bank = inf.open_bank(args.bank, run=args.run)
-    records, timing = inf.classify_paths_timed(
+    bank = open_bank(args.bank, run=args.run)
+    records, timing = classify_paths_timed(
         bank,
         args.images,
         abstain_below=args.abstain_below,
         top_m=args.top_m,
         num_workers=args.workers,
     )
-    text = inf.format_records(records, args.format)
+    text = format_records(records, args.format)
     if args.output:
         from .utils import atomic_write_text
 
@@ -181,17 +161,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .engine import inference as inf
+    from .engine.banks import open_bank
+    from .engine.predict import search_paths
+    from .report import neighbours_gallery_png
 
-    results = inf.search_paths(inf.open_bank(args.bank, run=args.run), [args.image], k=args.k)
+    results = search_paths(open_bank(args.bank, run=args.run), [args.image], k=args.k)
     if args.gallery:
-        inf.gallery_png(results[0]["path"], results[0]["neighbours"], args.gallery)
+        neighbours_gallery_png(results[0]["path"], results[0]["neighbours"], args.gallery)
     _print_json(results[0])
     return 0
 
 
 def cmd_fewshot_eval(args: argparse.Namespace) -> int:
-    from .engine.inference import fewshot_eval
+    from .engine.fewshot import fewshot_eval
     from .errors import ConfigError
 
     try:
@@ -218,10 +200,11 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieval_eval(args: argparse.Namespace) -> int:
-    from .engine import inference as inf
+    from .engine.banks import open_bank
+    from .engine.evaluate import retrieval_eval
 
-    bank = inf.open_bank(args.bank, run=args.run)
-    result = inf.retrieval_eval(bank, args.data, progress=not args.quiet)
+    bank = open_bank(args.bank, run=args.run)
+    result = retrieval_eval(bank, args.data, progress=not args.quiet)
     if args.json:
         from .utils import atomic_write_json
 
@@ -246,13 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="siamese-marrow",
-        description="Siamese paired-image classification of bone-marrow cell images.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_synth(sub: Any) -> None:
     p = sub.add_parser("synth", help="write the embedded synthetic data set (21 classes)")
     p.add_argument("--out", required=True, help="output folder (ImageFolder layout)")
     p.add_argument("--classes", nargs="+", help="class codes (default: all 21)")
@@ -269,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_check_data(sub: Any) -> None:
     p = sub.add_parser("check-data", help="decode every image once and list the bad ones")
     p.add_argument("data", help="ImageFolder root or CSV manifest")
     p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
@@ -276,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_check_data)
 
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train on balanced pairs; checkpoints in --out")
     _add_config_args(p)
     p.add_argument(
@@ -288,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
+
+def _add_bank(sub: Any) -> None:
     p = sub.add_parser("bank", help="build, extend or inspect an anchor bank")
     bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
     b = bank_sub.add_parser("build", help="embed a data set with a run's model into a bank")
@@ -313,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bank", required=True, help="anchor bank folder")
     p.set_defaults(func=cmd_bank)
 
+
+def _add_classify(sub: Any) -> None:
     p = sub.add_parser("classify", help="consensus classification against a bank")
     p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("images", nargs="+", help="image files or folders")
@@ -335,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.set_defaults(func=cmd_classify)
 
+
+def _add_search(sub: Any) -> None:
     p = sub.add_parser("search", help="nearest anchors of an image: the evidence behind a call")
     p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("image")
@@ -343,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
     p.set_defaults(func=cmd_search)
 
+
+def _add_fewshot_eval(sub: Any) -> None:
     p = sub.add_parser("fewshot-eval", help="seeded N-way K-shot episodes on unseen classes")
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
@@ -358,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fewshot_eval)
 
+
+def _add_retrieval_eval(sub: Any) -> None:
     p = sub.add_parser("retrieval-eval", help="precision@1, R-precision, MAP@R, recall@k")
     p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("--data", required=True)
@@ -366,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_retrieval_eval)
 
+
+def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="metrics.json, figures and report.html for a run")
     p.add_argument("--run", required=True)
     p.add_argument("--data", help="images to classify (default: the run's held-out split)")
@@ -375,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="the whole path on the embedded synthetic data, on CPU in minutes"
     )
@@ -382,6 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster demo (for tests)")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siamese-marrow",
+        description="Siamese paired-image classification of bone-marrow cell images.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_synth,
+        _add_check_data,
+        _add_train,
+        _add_bank,
+        _add_classify,
+        _add_search,
+        _add_fewshot_eval,
+        _add_retrieval_eval,
+        _add_evaluate,
+        _add_demo,
+    ):
+        add(sub)
     return parser
 
 

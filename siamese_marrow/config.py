@@ -284,8 +284,8 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "drop_rate": (0, False),
     },
     SamplerConfig: {
-        "p_classes": (1, False),
-        "k_per_class": (1, False),
+        "p_classes": (2, False),  # dissimilar pairs need two classes in a batch
+        "k_per_class": (2, False),  # similar pairs need two images (or views) of a class
         "batches_per_epoch": (0, False),
     },
     AugmentConfig: {
@@ -333,10 +333,6 @@ def _validate(obj: Any, where: str) -> None:
                 f"{where}.val_fraction={obj.val_fraction} and test_fraction={obj.test_fraction}: "
                 "each must be in [0, 1) and their sum below 1"
             )
-    if isinstance(obj, SamplerConfig) and (obj.p_classes < 1 or obj.k_per_class < 1):
-        raise ConfigError(
-            f"{where}: p_classes={obj.p_classes} and k_per_class={obj.k_per_class} must be >= 1"
-        )
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

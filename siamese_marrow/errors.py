@@ -26,3 +26,27 @@ class ImageDecodeError(DataError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class CheckpointError(SiameseMarrowError):
+    """A checkpoint that is missing, damaged or does not fit the model."""
+
+
+class TrainingError(SiameseMarrowError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+class FaissIndexError(SiameseMarrowError):
+    """An index that cannot be built, trained, searched or read as asked."""
+
+
+class IndexTrainingError(FaissIndexError):
+    """Too few vectors to train an IVF / PQ index."""
+
+
+class RemoveUnsupported(FaissIndexError):
+    """The index type (e.g. HNSW) cannot remove vectors; rebuild it from the kept vectors."""
+
+
+class BankError(SiameseMarrowError):
+    """A bank that is missing, damaged, or does not belong to the model given."""

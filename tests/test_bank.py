@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from siamese_marrow.config import Config, ModelConfig
-from siamese_marrow.engine import inference
-from siamese_marrow.engine.checkpoint import load_run, save_checkpoint
-from siamese_marrow.index import AnchorBank, BankError, TrainingError
+from siamese_marrow.engine import banks, evaluate, predict
+from siamese_marrow.index import AnchorBank, BankError, IndexTrainingError, classify, search
 from siamese_marrow.index.classify import gather_candidates
+from siamese_marrow.models.checkpoint import load_run, save_checkpoint
+from siamese_marrow.report import neighbours_gallery_png
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 D = 16
@@ -76,11 +77,11 @@ def norm(x: np.ndarray) -> np.ndarray:
 
 
 def same_results(a: AnchorBank, b: AnchorBank, q: np.ndarray) -> None:
-    ra, rb = a.classify(q), b.classify(q)
+    ra, rb = classify(a, q), classify(b, q)
     assert ra.classes == rb.classes
     np.testing.assert_array_equal(ra.probabilities, rb.probabilities)
     assert ra.predictions == rb.predictions and ra.support == rb.support
-    assert a.search(q, 7) == b.search(q, 7)
+    assert search(a, q, 7) == search(b, q, 7)
 
 
 def test_save_load_gives_identical_results(bank, tmp_path) -> None:
@@ -191,12 +192,12 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_bank(bank, tmp_path) -> Non
 
 def test_consensus_covers_every_class_even_with_top_m_1(bank) -> None:
     q = norm(queries())
-    result = bank.classify(q, top_m=1, per_class_k=2)
+    result = classify(bank, q, top_m=1, per_class_k=2)
     assert result.probabilities.shape == (len(q), 5)
     assert np.isfinite(result.probabilities).all() and (result.probabilities > 0).all()
     np.testing.assert_allclose(result.probabilities.sum(1), 1, atol=1e-5)
     assert (result.num_candidates >= 5 * 2).all()
-    wide = bank.classify(q)  # default top_m=64 also reaches every class
+    wide = classify(bank, q)  # default top_m=64 also reaches every class
     assert (wide.probabilities > 0).all()
 
 
@@ -218,7 +219,7 @@ def test_gather_candidates_matches_a_loop() -> None:
 
 def test_abstain_and_record_shape(bank) -> None:
     q = norm(queries(5))
-    result = bank.classify(q, abstain_below=1.01)
+    result = classify(bank, q, abstain_below=1.01)
     assert result.predictions == ["uncertain"] * 5
     rec = result.records([f"q{i}.png" for i in range(5)])[0]
     assert list(rec) == ["path", "prediction", "probabilities", "anchors"]
@@ -228,13 +229,13 @@ def test_abstain_and_record_shape(bank) -> None:
     assert list(rec["anchors"][0]) == ["path", "label", "similarity", "pair_probability"]
     pp = [a["pair_probability"] for a in rec["anchors"]]
     assert pp == sorted(pp, reverse=True)
-    certain = bank.classify(q, abstain_below=0.0)
+    certain = classify(bank, q, abstain_below=0.0)
     assert "uncertain" not in certain.predictions
 
 
 def test_search_is_nearest_first_with_exact_cosine(bank) -> None:
     q = norm(queries(3))
-    hits = bank.search(q, 4)
+    hits = search(bank, q, 4)
     sims = q @ bank.embeddings.T
     for i, row in enumerate(hits):
         order = np.argsort(-sims[i])[:4]
@@ -250,7 +251,7 @@ def test_remove_class(run_dir, factory) -> None:
     b.add_embeddings(x, [f"/f/{i}" for i in range(len(y))], [f"C{c}" for c in y])
     assert b.remove("C2") == 12
     assert b.classes == ["C0", "C1", "C3", "C4"] and b.index.ntotal == 48 == len(b.embeddings)
-    hits = b.search(norm(x[y == 2][:3]), 48)
+    hits = search(b, norm(x[y == 2][:3]), 48)
     assert all(h["label"] != "C2" for row in hits for h in row) and len(hits[0]) == 48
     with pytest.raises(BankError, match="not in the bank"):
         b.remove("C2")
@@ -261,7 +262,7 @@ def test_remove_class(run_dir, factory) -> None:
 def test_ivf_bank_too_small_to_train(run_dir) -> None:
     b = AnchorBank(load_run(run_dir), "IVF64,Flat")
     x, y = clustered(4, 5, seed=0)
-    with pytest.raises(TrainingError, match="at least 64 vectors.*got 20"):
+    with pytest.raises(IndexTrainingError, match="at least 64 vectors.*got 20"):
         b.add_embeddings(x, [f"/f/{i}" for i in range(20)], ["A"] * 20)
     assert len(b) == 0
 
@@ -296,12 +297,12 @@ def test_new_class_is_classified_right_after_add(tmp_path) -> None:
     platelets = sorted((pbc8 / "platelet").glob("*.jpg"))
     bank_dir = tmp_path / "bank"
 
-    summary = inference.bank_build(run, data, bank_dir, progress=False)
+    summary = banks.bank_build(run, data, bank_dir, progress=False)
     assert summary["anchors"] == 18 and "platelet" not in summary["classes"]
-    added = inference.bank_add(bank_dir, "platelet", platelets[:6], progress=False)
+    added = banks.bank_add(bank_dir, "platelet", platelets[:6], progress=False)
     assert added["added"] == 6 and added["classes"]["platelet"] == 6
 
-    records, timing = inference.classify_paths_timed(bank_dir, platelets[6:16])
+    records, timing = predict.classify_paths_timed(bank_dir, platelets[6:16])
     predictions = [r["prediction"] for r in records]
     # untrained heads on ImageNet features: 8/10 over several seeds; chance is 2.5/10
     assert predictions.count("platelet") >= 7, predictions
@@ -310,41 +311,38 @@ def test_new_class_is_classified_right_after_add(tmp_path) -> None:
         for r in records
     )
     assert 0 < timing["outside_backbone_share"] < 1 and timing["backbone_s"] > 0
-    lines = inference.format_records(records, "jsonl").splitlines()
+    lines = predict.format_records(records, "jsonl").splitlines()
     assert json.loads(lines[0])["path"] == str(platelets[6])
     assert (
-        inference.format_records(records, "csv")
+        predict.format_records(records, "csv")
         .splitlines()[0]
         .startswith("path,prediction,p_basophil")
     )
 
-    opened = inference.open_bank(bank_dir)  # load the model once for the rest
-    found = inference.search_paths(opened, [platelets[0]], k=3)[0]
+    opened = banks.open_bank(bank_dir)  # load the model once for the rest
+    found = predict.search_paths(opened, [platelets[0]], k=3)[0]
     assert found["neighbours"][0]["path"] == str(platelets[0].absolute())
     assert found["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
-    png = inference.gallery_png(platelets[0], found["neighbours"], tmp_path / "g.png")
+    png = neighbours_gallery_png(platelets[0], found["neighbours"], tmp_path / "g.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
-    metrics = inference.retrieval_eval(opened, data)  # the anchors themselves, self excluded
+    metrics = evaluate.retrieval_eval(opened, data)  # the anchors themselves, self excluded
     assert metrics["n_queries"] == 18 and 0 <= metrics["map_at_r"] <= 1
 
-    removed = inference.bank_remove(bank_dir, "platelet")
+    removed = banks.bank_remove(bank_dir, "platelet")
     assert removed["removed"] == 6 and "platelet" not in removed["classes"]
 
 
 def test_score_all_anchors_equals_the_full_consensus(bank) -> None:
     """Exact mode scores every anchor: g equals the consensus over the whole score matrix."""
-    from siamese_marrow.engine.train import predict_consensus
-
     q = norm(queries())
     bank.config.bank.score_all_anchors = True
-    result = bank.classify(q)
+    result = classify(bank, q)
     assert (result.num_candidates == len(bank)).all()
-    g = predict_consensus(
-        bank.model,
+    g, _, _ = bank.model.anchor_consensus(
         torch.from_numpy(bank.embeddings),
         torch.from_numpy(bank.labels),
         torch.from_numpy(q),
         len(bank.classes),
     )
-    np.testing.assert_allclose(result.probabilities, g, atol=1e-5)
+    np.testing.assert_allclose(result.probabilities, g.numpy(), atol=1e-5)

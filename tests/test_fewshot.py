@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from siamese_marrow.config import ModelConfig
-from siamese_marrow.engine import inference
 from siamese_marrow.engine.fewshot import (
     Episode,
     EpisodeSampler,
     episode_predictions,
+    fewshot_eval,
     fewshot_evaluate,
     mean_ci,
 )
@@ -118,7 +118,7 @@ def test_mean_ci() -> None:
 @pytest.mark.skipif(not (DATA / "pbc8").is_dir(), reason=f"real images not found at {DATA}/pbc8")
 def test_fewshot_eval_on_real_images(tmp_path) -> None:
     from siamese_marrow.config import Config
-    from siamese_marrow.engine.checkpoint import save_checkpoint
+    from siamese_marrow.models.checkpoint import save_checkpoint
 
     cfg = Config()
     cfg.model = ModelConfig(
@@ -131,8 +131,8 @@ def test_fewshot_eval_on_real_images(tmp_path) -> None:
         (data / c).mkdir(parents=True)
         for f in sorted((DATA / "pbc8" / c).glob("*.jpg"))[:8]:
             (data / c / f.name).symlink_to(f)
-    out = inference.fewshot_eval(tmp_path / "run", data, 3, [1, 2], 3, episodes=4, seed=0)
+    out = fewshot_eval(tmp_path / "run", data, 3, [1, 2], 3, episodes=4, seed=0)
     assert out["n_way"] == 3 and out["episodes"] == 4 and out["num_images"] == 24
     assert set(out["results"]["nn1"]) == {"1", "2"}
     with pytest.raises(DataError, match=r"has 8 image\(s\).*6 \+ 3 = 9"):
-        inference.fewshot_eval(tmp_path / "run", data, 3, [1, 6], 3, episodes=4)
+        fewshot_eval(tmp_path / "run", data, 3, [1, 6], 3, episodes=4)

@@ -9,8 +9,8 @@ from siamese_marrow.errors import SiameseMarrowError
 from siamese_marrow.index.faiss_index import (
     FaissIndex,
     FaissIndexError,
+    IndexTrainingError,
     RemoveUnsupported,
-    TrainingError,
     min_train_size,
 )
 
@@ -93,7 +93,7 @@ def test_too_few_vectors_to_train_names_the_numbers() -> None:
     assert min_train_size("IVF16,PQ8") == 256
     assert min_train_size("IVF16,PQ8x4") == 16
     assert min_train_size("HNSW32") == 0
-    with pytest.raises(TrainingError, match=r"at least 64 vectors.*got 10") as e:
+    with pytest.raises(IndexTrainingError, match=r"at least 64 vectors.*got 10") as e:
         FaissIndex(32, "IVF64,Flat").add(X[:10])
     assert isinstance(e.value, SiameseMarrowError)
 

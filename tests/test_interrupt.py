@@ -28,9 +28,9 @@ from siamese_marrow import cli
 from siamese_marrow.config import load_config
 from siamese_marrow.data.synth import write_dataset
 from siamese_marrow.engine import train as train_mod
-from siamese_marrow.engine.checkpoint import CheckpointError, load_run, load_train_state
 from siamese_marrow.engine.train import train
 from siamese_marrow.index.bank import AnchorBank, BankError
+from siamese_marrow.models.checkpoint import CheckpointError, load_run, load_train_state
 
 TINY = [
     *TINY_MODEL,
@@ -219,7 +219,7 @@ def test_checkpoint_save_interrupted_at_every_file_operation_leaves_old_or_new(
     """The deterministic companion of the random kills: stop a save of ``last`` at each of its
     renames in turn; ``last`` then loads as exactly the old or the new checkpoint, and the next
     save leaves no staged or temp files."""
-    from siamese_marrow.engine.checkpoint import save_checkpoint
+    from siamese_marrow.models.checkpoint import save_checkpoint
 
     real_replace = os.replace
     seen_new = seen_old = 0
@@ -271,7 +271,7 @@ def test_checkpoint_save_interrupted_at_every_file_operation_leaves_old_or_new(
 BANK_WRITER = """
 import os, sys
 import numpy as np
-from siamese_marrow.engine.checkpoint import load_run
+from siamese_marrow.models.checkpoint import load_run
 from siamese_marrow.index.bank import AnchorBank
 
 run, target, log = sys.argv[1:4]
@@ -326,8 +326,8 @@ def _readline(proc: subprocess.Popen, timeout: float = 120.0) -> str:
 
 def _tiny_run(run: Path) -> Path:
     """An untrained tiny model saved as a run (enough to own a bank)."""
-    from siamese_marrow.engine.checkpoint import save_checkpoint
     from siamese_marrow.models import build_model
+    from siamese_marrow.models.checkpoint import save_checkpoint
 
     cfg = load_config(None, TINY)
     torch.manual_seed(0)

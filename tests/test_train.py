@@ -15,10 +15,10 @@ from helpers import TINY_MODEL
 from siamese_marrow.config import load_config
 from siamese_marrow.data.synth import write_dataset
 from siamese_marrow.engine import train as train_mod
-from siamese_marrow.engine.checkpoint import load_run
 from siamese_marrow.engine.losses import siamese_loss
 from siamese_marrow.engine.train import build_optimizer, train
 from siamese_marrow.models import build_model
+from siamese_marrow.models.checkpoint import load_run
 
 TINY = [
     *TINY_MODEL,
@@ -124,7 +124,7 @@ def test_checkpoint_gives_identical_embeddings_in_a_fresh_process(
     here = load_run(run).model.embed(x).detach().numpy()
     code = (
         "import numpy as np, torch, sys\n"
-        "from siamese_marrow.engine.checkpoint import load_run\n"
+        "from siamese_marrow.models.checkpoint import load_run\n"
         f"m = load_run(r'{run}').model\n"
         f"x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))\n"
         f"np.save(r'{tmp_path / 'e.npy'}', m.embed(x).detach().numpy())\n"

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from siamese_marrow.data.datasets import load_samples
-from siamese_marrow.engine.checkpoint import load_run
-from siamese_marrow.index.bank import AnchorBank, embed_paths
+from siamese_marrow.index import AnchorBank, classify
+from siamese_marrow.models.checkpoint import load_run
+from siamese_marrow.models.embed import embed_paths
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     for _ in range(args.repeats):
         emb, t_embed = embed_paths(bank.model, paths, args.batch_size)
         t0 = time.perf_counter()
-        result = bank.classify(emb)
+        result = classify(bank, emb)
         bank_s = time.perf_counter() - t0
         rows.append(
             {

@@ -74,10 +74,9 @@ from siamese_marrow.data.datasets import (
     collate_images,
     load_samples,
 )
-from siamese_marrow.data.prepare import PreparedData, prepare_data
+from siamese_marrow.data.prepare import PreparedData, prepare_data, synth_dir_of
 from siamese_marrow.data.sampler import PKBatchSampler
 from siamese_marrow.data.transforms import train_transform
-from siamese_marrow.engine.checkpoint import LoadedRun, load_config_of, load_run
 from siamese_marrow.engine.fewshot import EpisodeSampler, fewshot_evaluate, mean_ci
 from siamese_marrow.engine.metrics import classification_metrics, headline
 from siamese_marrow.engine.probe import knn_classify, logistic_probe
@@ -85,13 +84,14 @@ from siamese_marrow.engine.train import (
     SeededAugDataset,
     build_optimizer,
     cosine_with_warmup,
-    predict_consensus,
     train,
 )
 from siamese_marrow.errors import ConfigError, SiameseMarrowError
-from siamese_marrow.index.bank import AnchorBank, embed_paths
+from siamese_marrow.index import AnchorBank, classify
 from siamese_marrow.index.faiss_index import set_num_threads as faiss_threads
 from siamese_marrow.models import Backbone, create_backbone
+from siamese_marrow.models.checkpoint import LoadedRun, load_config_of, load_run
+from siamese_marrow.models.embed import embed_paths
 from siamese_marrow.utils import atomic_write_json, resolve_device
 
 DEFAULT_CONFIG = "configs/bm7_cpu.yaml"
@@ -637,14 +637,14 @@ def siamese_heldout_rows(
     index = {c: i for i, c in enumerate(data.classes)}
 
     def by_bank() -> dict[str, Any]:
-        pred = [index.get(p, -1) for p in bank.classify(xte).predictions]
+        pred = [index.get(p, -1) for p in classify(bank, xte).predictions]
         return classification_metrics(yte, pred, data.classes)
 
     def by_all_anchors() -> dict[str, Any]:
         dev = next(loaded.model.parameters()).device
         tensors = (torch.from_numpy(a).to(dev) for a in (xtr, ytr, xte))
-        g = predict_consensus(loaded.model, *tensors, len(data.classes))
-        return classification_metrics(yte, g.argmax(1), data.classes)
+        g, _, _ = loaded.model.anchor_consensus(*tensors, len(data.classes))
+        return classification_metrics(yte, g.argmax(1).cpu().numpy(), data.classes)
 
     bc = cfg.bank
     rows = []
@@ -814,7 +814,7 @@ def setup(args: argparse.Namespace) -> Setup:
     threads = args.threads or cfg.train.threads or torch.get_num_threads()
     cfg.train.threads = threads
     fs = fewshot_set(args)
-    data = prepare_data(cfg.data, synth_dir=args.out / "synthetic-data")
+    data = prepare_data(cfg.data, synth_dir=synth_dir_of(args.out))
     if not data.val:
         raise ConfigError("data.val_fraction is 0: both fine-tuned models need a validation split")
     return Setup(

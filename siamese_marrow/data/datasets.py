@@ -30,6 +30,39 @@ class Sample:
     group: str | None = None
 
 
+def walk_images(folder: str | Path) -> list[str]:
+    """Image files under ``folder``, recursively: hidden files and folders skipped, each folder's
+    files in sorted order before its sorted sub-folders."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(str(Path(dirpath) / name))
+    return found
+
+
+def expand_images(items: Sequence[str | Path]) -> list[str]:
+    """Image files named directly, plus every image under named folders (:func:`walk_images`)."""
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = walk_images(p)
+            if not found:
+                raise DataError(
+                    f"folder {p} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
+            out.extend(found)
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise DataError(f"{p} does not exist")
+    if not out:
+        raise DataError("no images given")
+    return out
+
+
 def scan_folder(root: str | Path) -> list[Sample]:
     """One class per top-level folder of ``root``; images may sit in nested sub-folders.
 
@@ -42,12 +75,7 @@ def scan_folder(root: str | Path) -> list[Sample]:
     samples: list[Sample] = []
     empty: list[str] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                    found.append(Sample(str(Path(dirpath) / name), class_dir.name))
+        found = [Sample(p, class_dir.name) for p in walk_images(class_dir)]
         if not found:
             empty.append(class_dir.name)
         samples.extend(found)

@@ -11,6 +11,14 @@ from .check import BadImage, validate_samples
 from .datasets import Sample, class_list, load_samples
 from .splits import split_samples
 
+#: where a run keeps the synthetic data it generated (``data.root: synthetic``)
+SYNTH_SUBDIR = "synthetic-data"
+
+
+def synth_dir_of(run: str | Path) -> Path:
+    """The folder of a run (or demo) that holds its generated synthetic data."""
+    return Path(run) / SYNTH_SUBDIR
+
 
 @dataclass
 class PreparedData:

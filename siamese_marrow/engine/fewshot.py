@@ -16,14 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.datasets import class_list, load_samples
 from ..errors import DataError
 from ..models import SiameseNet
+from ..models.checkpoint import load_run
+from ..models.embed import embed_paths
 
 METHODS = ("siamese", "prototype", "nn1")
 
@@ -119,8 +123,7 @@ def episode_predictions(
     s = embeddings[torch.from_numpy(ep.support).to(device)]  # (S, D)
     q = embeddings[torch.from_numpy(ep.query).to(device)]  # (Q, D)
     s_lab = torch.from_numpy(ep.support_labels).to(device)
-    l1, l2 = model.score_matrix(s, q)  # (Q, S) logits
-    g = model.consensus((torch.sigmoid(l1), torch.sigmoid(l2)), s_lab, n_way)
+    g, _, _ = model.anchor_consensus(s, s_lab, q, n_way)  # (Q, N)
     onehot = F.one_hot(s_lab, n_way).to(s.dtype)  # (S, N)
     protos = F.normalize(onehot.T @ s / onehot.sum(0)[:, None], dim=-1)  # (N, D)
     cos = q @ s.T  # (Q, S)
@@ -178,3 +181,51 @@ def fewshot_evaluate(
         "seed": seed,
         "results": results,
     }
+
+
+def fewshot_eval(
+    run: str | Path,
+    data: str | Path,
+    n_way: int,
+    k_shots: Sequence[int],
+    n_query: int,
+    episodes: int,
+    seed: int = 0,
+    *,
+    checkpoint: str = "best",
+    classes: Sequence[str] | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones).
+
+    ``{"n_way", "episodes", "results": {"siamese"|"prototype"|"nn1": {"<K>": {"mean", "ci95"}}},
+    ...}``; each image is embedded once and reused by every episode and method.
+    """
+    loaded = load_run(run, checkpoint, device=device)
+    samples = load_samples(data, classes)
+    names = class_list(samples)
+    lookup = {c: i for i, c in enumerate(names)}
+    labels = [lookup[s.label] for s in samples]
+    # check the request against the class sizes before embedding anything
+    for k in k_shots:
+        EpisodeSampler(labels, n_way, k, n_query, episodes, seed, names)
+    emb, timing = embed_paths(
+        loaded.model, [s.path for s in samples], batch_size, num_workers, progress, desc="fewshot"
+    )
+    out = fewshot_evaluate(
+        loaded.model, emb, labels, n_way, k_shots, n_query, episodes, seed, names
+    )
+    out.update(
+        {
+            "k_shots": [int(k) for k in k_shots],
+            "run": str(loaded.run),
+            "data": str(data),
+            "num_images": len(samples),
+            "classes": names,
+            "embed_seconds": round(timing["total_s"], 3),
+        }
+    )
+    return out

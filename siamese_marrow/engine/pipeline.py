@@ -11,12 +11,12 @@ from typing import Any
 
 from ..config import Config
 from ..data.classes import CLASS_CODES
-from ..data.prepare import prepare_data
+from ..data.prepare import prepare_data, synth_dir_of
 from ..data.synth import write_dataset
 from ..index.bank import AnchorBank
-from .checkpoint import load_run
+from ..models.checkpoint import load_run
 from .evaluate import evaluate
-from .inference import classify_paths
+from .predict import classify_paths
 from .train import train
 
 QUICK = {
@@ -47,7 +47,7 @@ def run_demo(cfg: Config, out: Path, quick: bool = False, progress: bool = True)
 
     _say(f"2/6 anchor bank of the training split -> {bank_dir}")
     loaded = load_run(run)
-    data = prepare_data(cfg.data, synth_dir=run / "synthetic-data")
+    data = prepare_data(cfg.data, synth_dir=synth_dir_of(run))
     bank = AnchorBank.build(loaded, data.train, progress=progress)
     bank.save(bank_dir)
 

@@ -1,15 +1,10 @@
-"""The anchor bank: FAISS index (the only module that imports faiss), consensus classification,
-nearest-anchor search and retrieval metrics."""
+"""The anchor bank: FAISS index (the only module that imports faiss), the bank's state and files,
+consensus classification and nearest-anchor search over it, and retrieval metrics."""
 
-from .bank import AnchorBank, BankError, embed_paths
+from ..errors import BankError, FaissIndexError, IndexTrainingError, RemoveUnsupported
+from .bank import AnchorBank
 from .classify import UNCERTAIN, Classification, classify, search
-from .faiss_index import (
-    FaissIndex,
-    FaissIndexError,
-    RemoveUnsupported,
-    TrainingError,
-    set_num_threads,
-)
+from .faiss_index import FaissIndex, set_num_threads
 from .retrieval import (
     bank_retrieval,
     evaluate_retrieval,
@@ -27,11 +22,10 @@ __all__ = [
     "Classification",
     "FaissIndex",
     "FaissIndexError",
+    "IndexTrainingError",
     "RemoveUnsupported",
-    "TrainingError",
     "bank_retrieval",
     "classify",
-    "embed_paths",
     "evaluate_retrieval",
     "map_at_r",
     "precision_at_1",

@@ -11,7 +11,8 @@ Layout of a bank directory (every file listed with its sha256 in ``manifest.json
 The manifest records the run (path and checkpoint) and the sha256 of its weights and config, so a
 bank is only ever queried with the model that embedded it: :meth:`AnchorBank.load` refuses any
 other. The embeddings matrix is kept beside the index so that each class's exact nearest anchors
-can be found (:mod:`.classify`) and the index rebuilt after anchors are removed.
+can be found and the index rebuilt after anchors are removed. This module holds the bank's state
+and files only; :mod:`.classify` queries a bank (classify, search).
 
 Saving is atomic for the directory as a whole: the new bank is written into a temporary sibling
 ``.BANK.tmp-*`` and fsynced, then the old bank is renamed to ``.BANK.bak``, the new one to
@@ -34,64 +35,23 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ..config import BankConfig, save_config
 from ..data.datasets import Sample
-from ..data.io import load_rgb
-from ..data.transforms import eval_transform
-from ..engine.checkpoint import CheckpointError, LoadedRun, load_run
-from ..engine.embed import embed_dataset
-from ..errors import SiameseMarrowError
+from ..errors import BankError, CheckpointError
 from ..models import SiameseNet
+from ..models.checkpoint import LoadedRun, load_run
+from ..models.embed import embed_paths
 from ..utils import fsync_dir, sha256_file, umask
 from .faiss_index import FaissIndex, RemoveUnsupported
-
-if TYPE_CHECKING:
-    from .classify import Classification
 
 FORMAT = "siamese-marrow-anchor-bank"
 FORMAT_VERSION = 1
 BANK_FILES = ("index.faiss", "embeddings.npy", "anchors.json", "config.yaml")
 MANIFEST = "manifest.json"
-
-
-class BankError(SiameseMarrowError):
-    """A bank that is missing, damaged, or does not belong to the model given."""
-
-
-class _PathDataset(Dataset):
-    def __init__(self, paths: Sequence[str], transform: Any) -> None:
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.paths[i])), 0
-
-
-def embed_paths(
-    model: SiameseNet,
-    paths: Sequence[str | Path],
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = False,
-    desc: str = "embed",
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Embeddings ``(N, D)`` float32 of image files (no augmentation) and a timing breakdown:
-    ``backbone_s`` (``model.embed`` only), ``load_s`` (decode + transform) and ``total_s``."""
-    timing: dict[str, float] = {}
-    ds = _PathDataset([str(p) for p in paths], eval_transform(model.backbone.spec))
-    emb, _ = embed_dataset(
-        model, ds, batch_size, num_workers, progress=progress, desc=desc, timing=timing
-    )
-    return emb.astype(np.float32, copy=False), timing
 
 
 class AnchorBank:
@@ -261,25 +221,6 @@ class AnchorBank:
         index = FaissIndex(self.dim, self.factory, "ip")
         index.add(self.embeddings, self.ids)
         self.index = index
-
-    # --- querying -------------------------------------------------------------------------------
-    def embed_images(
-        self, paths: Sequence[str | Path], batch_size: int = 64, num_workers: int = 0
-    ) -> tuple[np.ndarray, dict[str, float]]:
-        """Embeddings ``(B, D)`` of image files with the bank's model, and the timing."""
-        return embed_paths(self.model, paths, batch_size, num_workers)
-
-    def classify(self, queries: np.ndarray, **kwargs: Any) -> Classification:
-        """Consensus classification of query embeddings ``(B, D)``: :func:`.classify.classify`."""
-        from .classify import classify
-
-        return classify(self, queries, **kwargs)
-
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[dict[str, Any]]]:
-        """Nearest anchors of query embeddings ``(B, D)``; see :func:`.classify.search`."""
-        from .classify import search
-
-        return search(self, queries, k)
 
     # --- files ----------------------------------------------------------------------------------
     def manifest(self, files: dict[str, str]) -> dict[str, Any]:

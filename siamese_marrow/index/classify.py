@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import BankError
+from .bank import AnchorBank
 from .faiss_index import as_matrix
-
-if TYPE_CHECKING:
-    from .bank import AnchorBank
 
 UNCERTAIN = "uncertain"
 
@@ -154,14 +153,15 @@ def score_candidates(
     safe = rows.clip(0)
     cand = bank.embeddings[safe]  # (B, K, D)
     cos = np.einsum("bkd,bd->bk", cand, queries)
-    labels = np.where(rows >= 0, bank.labels[safe], -1)
     uniq, inverse = np.unique(safe, return_inverse=True)  # each anchor through the heads once
-    fa = torch.from_numpy(bank.embeddings[uniq]).to(device)
-    ft = torch.from_numpy(queries).to(device)
-    local = torch.from_numpy(inverse.reshape(safe.shape)).to(device)
-    l1, l2 = model.gathered_logits(fa, local, ft)  # (B, K) each
-    h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
-    g = model.consensus((h1, h2), torch.from_numpy(labels).to(device), len(bank.classes))
+    local = np.where(rows >= 0, inverse.reshape(safe.shape), -1)
+    g, h1, h2 = model.anchor_consensus(
+        torch.from_numpy(bank.embeddings[uniq]).to(device),
+        torch.from_numpy(bank.labels[uniq]).to(device),
+        torch.from_numpy(queries).to(device),
+        len(bank.classes),
+        rows=torch.from_numpy(local).to(device),
+    )
     pair = ((h1 + h2) / 2).float().cpu().numpy()
     return g.float().cpu().numpy(), pair, cos.astype(np.float32)
 
@@ -197,8 +197,6 @@ def classify(
     per_class_k = cfg.per_class_k if per_class_k is None else per_class_k
     abstain_below = cfg.abstain_below if abstain_below is None else abstain_below
     if len(bank) == 0:
-        from .bank import BankError
-
         raise BankError("the bank holds no anchors; add some with bank add")
     if top_m <= 0 and per_class_k <= 0:
         raise ValueError(f"top_m={top_m} and per_class_k={per_class_k}: at least one must be >= 1")
@@ -266,10 +264,13 @@ def search(bank: AnchorBank, queries: np.ndarray, k: int = 10) -> list[list[dict
     rows = bank.rows_of_ids(ids)
     model = bank.model
     device = next(model.parameters()).device
-    cand = bank.embeddings[rows.clip(0)]
-    cos = np.einsum("bkd,bd->bk", cand, q)
-    h1, h2 = model.pair_scores(
-        torch.from_numpy(cand).to(device), torch.from_numpy(q).to(device).unsqueeze(1)
+    cos = np.einsum("bkd,bd->bk", bank.embeddings[rows.clip(0)], q)
+    _, h1, h2 = model.anchor_consensus(
+        torch.from_numpy(bank.embeddings).to(device),
+        torch.from_numpy(bank.labels).to(device),
+        torch.from_numpy(q).to(device),
+        len(bank.classes),
+        rows=torch.from_numpy(rows).to(device),
     )
     pair = ((h1 + h2) / 2).float().cpu().numpy()
     return [

@@ -13,22 +13,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..errors import SiameseMarrowError
+from ..errors import FaissIndexError, IndexTrainingError, RemoveUnsupported
 from ..utils import atomic_path
 
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-
-
-class FaissIndexError(SiameseMarrowError):
-    """An index that cannot be built, trained, searched or read as asked."""
-
-
-class TrainingError(FaissIndexError):
-    """Too few vectors to train an IVF / PQ index."""
-
-
-class RemoveUnsupported(FaissIndexError):
-    """The index type (e.g. HNSW) cannot remove vectors; rebuild it from the kept vectors."""
 
 
 def set_num_threads(n: int) -> None:
@@ -129,14 +117,14 @@ class FaissIndex:
         x = as_matrix(x, self.dim, "train")
         need = min_train_size(self.factory)
         if len(x) < need:
-            raise TrainingError(
+            raise IndexTrainingError(
                 f"index {self.factory!r} needs at least {need} vectors to train, got {len(x)}; "
                 f"use Flat or HNSW32, or fewer IVF lists (about sqrt(N) = {int(len(x) ** 0.5)})"
             )
         try:
             self.index.train(x)
         except RuntimeError as e:
-            raise TrainingError(
+            raise IndexTrainingError(
                 f"index {self.factory!r} could not be trained on {len(x)} vectors: "
                 f"{_faiss_message(e)}"
             ) from None

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from ..config import ModelConfig
+
 
 class ConcatHead(nn.Module):
     """``h1 = sigmoid(W1 [f(a); f(t)])``: global structure.
@@ -22,7 +24,12 @@ class ConcatHead(nn.Module):
     ``O((B + M) D H + B M H)``, not ``O(B M D H)``.
     """
 
-    def __init__(self, dim: int, kind: str = "mlp", hidden: int = 256) -> None:
+    def __init__(
+        self,
+        dim: int,
+        kind: str = ModelConfig.concat_head,
+        hidden: int = ModelConfig.head_hidden,
+    ) -> None:
         super().__init__()
         if kind not in ("linear", "mlp"):
             raise ValueError(f"concat head kind {kind!r} is not linear or mlp")
@@ -80,7 +87,12 @@ class Consensus(nn.Module):
     sum is the sum of the aggregates).
     """
 
-    def __init__(self, tau_init: float = 0.1, aggregate: str = "mean", k: int = 5) -> None:
+    def __init__(
+        self,
+        tau_init: float = ModelConfig.tau_init,
+        aggregate: str = ModelConfig.aggregate,
+        k: int = ModelConfig.aggregate_k,
+    ) -> None:
         super().__init__()
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")

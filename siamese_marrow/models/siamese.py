@@ -21,11 +21,11 @@ class SiameseNet(nn.Module):
     def __init__(
         self,
         backbone: Backbone,
-        concat_kind: str = "mlp",
-        head_hidden: int = 256,
-        tau_init: float = 0.1,
-        aggregate: str = "mean",
-        aggregate_k: int = 5,
+        concat_kind: str = ModelConfig.concat_head,
+        head_hidden: int = ModelConfig.head_hidden,
+        tau_init: float = ModelConfig.tau_init,
+        aggregate: str = ModelConfig.aggregate,
+        aggregate_k: int = ModelConfig.aggregate_k,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -84,6 +84,46 @@ class SiameseNet(nn.Module):
         h1, h2 = scores
         c = int(classes.max().item()) + 1 if num_classes is None else num_classes
         return torch.softmax(self.consensus_head(h1, h2, classes, c), dim=-1)
+
+    @torch.no_grad()
+    def anchor_consensus(
+        self,
+        anchors: torch.Tensor,
+        anchor_labels: torch.Tensor,
+        queries: torch.Tensor,
+        num_classes: int,
+        rows: torch.Tensor | None = None,
+        chunk: int = 256,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The consensus of queries over a set of anchors: the one function that training
+        validation, few-shot episodes, ``classify`` and ``search`` all use.
+
+        ``anchors (N, D)`` with ``anchor_labels (N,)`` (class index, -1 = ignore) and
+        ``queries (B, D)``. Each query is scored against every anchor, or, when ``rows (B, K)``
+        is given, against its own K candidate anchors (rows into ``anchors``, -1 = padding,
+        ignored by the consensus). Returns ``g (B, C)`` and the gate probabilities ``h1, h2``,
+        ``(B, N)`` or ``(B, K)``; queries are processed ``chunk`` at a time.
+        """
+        gs, h1s, h2s = [], [], []
+        for i in range(0, len(queries), chunk):
+            q = queries[i : i + chunk]
+            if rows is None:
+                l1, l2 = self.score_matrix(anchors, q)
+                labels = anchor_labels
+            else:
+                r = rows[i : i + chunk]
+                safe = r.clamp(min=0)
+                l1, l2 = self.gathered_logits(anchors, safe, q)
+                labels = torch.where(r >= 0, anchor_labels[safe], torch.full_like(r, -1))
+            h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
+            gs.append(self.consensus((h1, h2), labels, num_classes))
+            h1s.append(h1)
+            h2s.append(h2)
+        if not gs:
+            k = len(anchors) if rows is None else rows.shape[1]
+            empty = queries.new_zeros((0, k))
+            return queries.new_zeros((0, num_classes)), empty, empty
+        return torch.cat(gs), torch.cat(h1s), torch.cat(h2s)
 
     def consensus_logits(
         self, scores: tuple[torch.Tensor, torch.Tensor], classes: torch.Tensor, num_classes: int

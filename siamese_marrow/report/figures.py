@@ -1,5 +1,5 @@
 """PNG figures for judging a classifier of imbalanced cell data: confusion matrix, per-class
-recall, training curves and a gallery of mistakes with the anchors behind each call.
+recall and training curves (the image galleries are in :mod:`.gallery`).
 
 Matplotlib is used through :class:`matplotlib.figure.Figure` and the Agg canvas only: no pyplot,
 so no global figure state, no GUI backend and nothing left open. Every function takes an explicit
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..data.classes import MATEK_CLASSES
-from ..data.io import load_rgb
 from ..errors import DataError
 from ..utils import atomic_path
 
 #: Resolution of every saved figure.
 DPI = 110
-
-#: Anchors shown per mistake in :func:`mistakes_gallery_png`.
-MAX_ANCHORS = 5
 
 _GREY = (0.85, 0.85, 0.85)
 
@@ -354,97 +349,4 @@ def training_curves_png(metrics_jsonl: str | Path, out: str | Path) -> Path:
     if len(records) == 1:
         ax_tau.set_xlim(epochs[0] - 1, epochs[0] + 1)
     ax_tau.xaxis.get_major_locator().set_params(integer=True)
-    return _save(fig, out)
-
-
-def _show_image(ax: Any, path: Any) -> bool:
-    """Draw ``path`` on ``ax``, or a grey placeholder naming the problem; True when drawn."""
-    try:
-        if path is None or str(path) == "":
-            raise DataError("no image path given")
-        ax.imshow(load_rgb(path))
-        ok = True
-    except DataError as e:
-        reason = getattr(e, "problem", None) or str(e)
-        ax.imshow(np.full((64, 64, 3), 0.82))
-        ax.text(
-            0.5,
-            0.5,
-            "\n".join(textwrap.wrap(f"image unavailable: {reason}", 22)[:6]),
-            ha="center",
-            va="center",
-            fontsize=6,
-            color="0.15",
-            transform=ax.transAxes,
-        )
-        ok = False
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return ok
-
-
-def _short_name(path: Any, width: int = 26) -> str:
-    name = Path(str(path)).name if path else "?"
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
-
-
-def mistakes_gallery_png(
-    mistakes: Sequence[dict[str, Any]], out: str | Path, max_items: int = 12
-) -> Path:
-    """One row per mistake (the first ``max_items``, in the order given): the query image with
-    its true and predicted class and the confidence of the prediction, then up to five supporting
-    anchors, each with its label, pair probability and cosine similarity. Anchor titles are red
-    when the anchor has the predicted class and green when it has the true one.
-
-    Each mistake: ``{"path", "true", "predicted", "confidence", "anchors": [{"path", "label",
-    "similarity", "pair_probability"}, ...]}``. An image that is missing or cannot be decoded is
-    shown as a grey placeholder stating why.
-    """
-    items = list(mistakes)[: max(0, int(max_items))]
-    n_anchor = max([min(len(m.get("anchors") or []), MAX_ANCHORS) for m in items] + [0])
-    ncols = 1 + max(n_anchor, 1)
-    nrows = max(len(items), 1)
-    fig = Figure(figsize=(1.9 * ncols + 0.4, 2.6 * nrows + 0.6), layout="constrained")
-    fig.suptitle(
-        f"Mistakes: {len(items)} of {len(mistakes)} shown. Query (true, predicted, confidence), "
-        "then its supporting anchors;\nanchor label in red: the predicted class, green: the true "
-        "class",
-        fontsize=9,
-    )
-    if not items:
-        ax = fig.add_subplot()
-        ax.axis("off")
-        _no_data(ax, "no mistakes to show")
-        return _save(fig, out)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for row, m in zip(axes, items, strict=False):
-        for ax in row:
-            ax.axis("off")
-        true, pred = str(m.get("true", "?")), str(m.get("predicted", "?"))
-        conf = _number(m.get("confidence"))
-        q = row[0]
-        q.axis("on")
-        _show_image(q, m.get("path"))
-        conf_text = "" if math.isnan(conf) else f"  p={conf:.2f}"
-        q.set_title(
-            f"true {true}\npred {pred}{conf_text}", fontsize=8, color="#a00000", fontweight="bold"
-        )
-        q.set_xlabel(_short_name(m.get("path")), fontsize=6)
-        for spine in q.spines.values():
-            spine.set_edgecolor("#a00000")
-            spine.set_linewidth(2.0)
-        for ax, a in zip(row[1:], (m.get("anchors") or [])[:MAX_ANCHORS], strict=False):
-            ax.axis("on")
-            _show_image(ax, a.get("path"))
-            label = str(a.get("label", "?"))
-            colour = "#a00000" if label == pred else "#006400" if label == true else "black"
-            pp, sim = _number(a.get("pair_probability")), _number(a.get("similarity"))
-            parts = [label]
-            if not math.isnan(pp):
-                parts.append(f"pair p={pp:.2f}")
-            title = "  ".join(parts)
-            if not math.isnan(sim):
-                title += f"\ncos {sim:.3f}"
-            ax.set_title(title, fontsize=7, color=colour)
-            ax.set_xlabel(_short_name(a.get("path")), fontsize=6)
     return _save(fig, out)

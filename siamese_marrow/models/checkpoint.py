@@ -31,13 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_from_dict, save_config
-from ..errors import ConfigError, SiameseMarrowError
-from ..models import SiameseNet, build_model
+from ..errors import CheckpointError, ConfigError
 from ..utils import atomic_path, atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
-
-
-class CheckpointError(SiameseMarrowError):
-    """A checkpoint that is missing, damaged or does not fit the model."""
+from .siamese import SiameseNet, build_model
 
 
 def save_checkpoint(

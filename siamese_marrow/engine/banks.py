@@ -1,0 +1,100 @@
+"""Bank operations for the CLI and notebooks: build a bank from a run and a data set, add or
+remove a class, show what a bank holds. Each takes paths and plain values and returns a plain
+dict. A ``bank`` argument is an :class:`AnchorBank` or the path of a bank directory (whose model is
+then loaded from the run recorded in its manifest, or ``run``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.datasets import expand_images, load_samples
+from ..index.bank import AnchorBank, read_manifest, recover
+from ..models.checkpoint import load_run
+
+BankLike = AnchorBank | str | Path
+
+
+def open_bank(
+    bank: BankLike,
+    run: str | Path | None = None,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+) -> AnchorBank:
+    """The bank itself, or the bank saved at a path with its model (checked by the manifest)."""
+    if isinstance(bank, AnchorBank):
+        return bank
+    return AnchorBank.load(bank, run=run, checkpoint=checkpoint, device=device)
+
+
+def bank_summary(bank: AnchorBank, path: str | Path | None = None) -> dict[str, Any]:
+    return {
+        "bank": str(path) if path is not None else None,
+        "run": str(bank.run.run),
+        "checkpoint": bank.run.name,
+        "index": bank.factory,
+        "anchors": len(bank),
+        "classes": bank.class_counts(),
+    }
+
+
+def bank_info(bank_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a saved bank (no model is loaded)."""
+    target = Path(bank_dir).absolute()
+    recover(target)
+    return read_manifest(target)
+
+
+def bank_build(
+    run: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    checkpoint: str = "best",
+    factory: str | None = None,
+    classes: Sequence[str] | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embed every image of ``data`` (folder or CSV) with the run's model and save a bank at
+    ``out``; ``factory`` overrides the run's ``bank.index``."""
+    loaded = load_run(run, checkpoint, device=device)
+    samples = load_samples(data, classes)
+    t = time.perf_counter()
+    bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)
+    bank.save(out)
+    return {**bank_summary(bank, out), "seconds": round(time.perf_counter() - t, 3)}
+
+
+def bank_add(
+    bank_dir: str | Path,
+    label: str,
+    sources: Sequence[str | Path],
+    *,
+    run: str | Path | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Add the images in ``sources`` (files or folders) as anchors of class ``label``, and save."""
+    bank = open_bank(bank_dir, run, device=device)
+    paths = expand_images(sources)
+    ids = bank.add(paths, label, batch_size, num_workers, progress)
+    bank.save(bank_dir)
+    return {**bank_summary(bank, bank_dir), "added": int(len(ids)), "label": label}
+
+
+def bank_remove(
+    bank_dir: str | Path, label: str, *, run: str | Path | None = None, device: str = "cpu"
+) -> dict[str, Any]:
+    """Remove every anchor of class ``label``, and save."""
+    bank = open_bank(bank_dir, run, device=device)
+    n = bank.remove(label)
+    bank.save(bank_dir)
+    return {**bank_summary(bank, bank_dir), "removed": n, "label": label}
