@@ -1,11 +1,14 @@
-"""Small shared helpers: atomic writes, hashing, devices."""
+"""Small shared helpers: atomic writes, writability checks, bounded values in messages, hashing,
+devices."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import reprlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file the user asked for, not the temporary one
+        e.filename = str(path)
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -30,6 +37,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
+    except OSError as e:
+        if e.filename is None or str(e.filename) == str(tmp_path):  # a full disk names no file
+            e.filename, e.filename2 = str(path), None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -83,3 +94,68 @@ def resolve_device(name: str = "auto") -> str:
 
         raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
     return name
+
+
+#: Longest value repeated in an error message, in characters.
+BRIEF_LIMIT = 200
+
+_brief_repr = reprlib.Repr()
+_brief_repr.maxlevel = 3
+_brief_repr.maxstring = _brief_repr.maxother = _brief_repr.maxlong = BRIEF_LIMIT
+_brief_repr.maxlist = _brief_repr.maxtuple = _brief_repr.maxdict = _brief_repr.maxset = 8
+
+
+def brief(value: Any, limit: int = BRIEF_LIMIT) -> str:
+    """``repr(value)`` for an error message, at most about ``limit`` characters.
+
+    A long string is cut with a note of its full length; a container is shown a few levels and
+    items deep without building its whole repr, so a hostile value (a YAML alias bomb, a
+    megabyte ``--set`` value) cannot blow up the message.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value):,} characters in all)"
+    text = _brief_repr.repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if isinstance(value, (list, tuple, dict, set)):
+        text += f" ({type(value).__name__} of {len(value):,} items)" if len(value) > 8 else ""
+    return text
+
+
+def check_writable(target: str | Path, what: str = "output") -> None:
+    """Fail now, naming ``target``, if it cannot be written: before the work, not after it.
+
+    Creates, writes and removes a small probe file in ``target`` when it is an existing folder,
+    else in its nearest existing parent (where the first file or folder will be made). Catches a
+    read-only file system, missing permissions, a path under a regular file and a full disk.
+    Raises :class:`OSError` with ``filename`` set to ``target``.
+    """
+    target = Path(target)
+    if target.is_dir():
+        where = target
+    else:
+        where = target.parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise OSError(
+                errno.ENOTDIR, f"{where} is not a folder, so the {what} cannot be made", str(target)
+            )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=where)
+    except OSError as e:
+        raise OSError(
+            e.errno, f"{e.strerror} (cannot create files in {where})", str(target)
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror} (in {where})", str(target)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
