@@ -170,3 +170,51 @@ def test_refused_before_any_file_is_written(
     )
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (
+            ["search", "--bank", "B", "q.png", "-k", "0"],
+            "argument -k: 0 is out of range: must be >= 1",
+        ),
+        (["classify", "--bank", "B", "q.png", "--workers", "-1"], "argument --workers: -1 is out"),
+        (
+            ["bank", "build", "--run", "R", "--data", "D", "--out", "O", "--workers", "-1"],
+            "-1 is out",
+        ),
+        (["bank", "add", "--bank", "B", "--label", "X", "q.png", "--workers", "-2"], "-2 is out"),
+        (["check-data", "D", "--workers", "-1"], "argument --workers: -1 is out"),
+        (["classify", "--bank", "B", "q.png", "--abstain-below", "1.5"], "1.5 is out of range"),
+        (["classify", "--bank", "B", "q.png", "--abstain-below", "-0.1"], "must be in [0, 1]"),
+        (
+            ["classify", "--bank", "B", "q.png", "--abstain-below", "inf"],
+            "expected a finite number",
+        ),
+        (["classify", "--bank", "B", "q.png", "--abstain-below", "nan"], "got 'nan'"),
+        (["classify", "--bank", "B", "q.png", "--top-m", "-5"], "--top-m: -5 is out of range"),
+        (["classify", "--bank", "B", "q.png", "--top-m", "0"], "--top-m: 0 is out of range"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--k-shot", ",,,"], "got ',,,'"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--k-shot", "1,,5"], "got '1,,5'"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--k-shot", "1,0"], "0 is out of range"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--k-shot", "1,x"], "expected an integer"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--n-way", "1"], "--n-way: 1 is out"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--episodes", "0"], "--episodes: 0 is out"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--n-query", "-1"], "--n-query: -1 is out"),
+        (["fewshot-eval", "--run", "R", "--data", "D", "--seed", "-1"], "--seed: -1 is out"),
+        (["synth", "--out", "O", "--per-class", "0"], "--per-class: 0 is out of range"),
+        (["synth", "--out", "O", "--total", "-3"], "--total: -3 is out of range"),
+        (
+            ["synth", "--out", "O", "--size", "5"],
+            "--size: 5 is out of range: must be in [16, 4096]",
+        ),
+        (["synth", "--out", "O", "--seed", "x" * 1000], "(1,000 characters in all)"),
+    ],
+)
+def test_numeric_options_are_range_checked(args: list[str], words: str) -> None:
+    r = cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("siamese-marrow ") and words in last, r.stderr
+    assert len(last) < 400
