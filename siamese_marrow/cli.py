@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +26,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_outputs(*targets: str | Path | None, beside: bool = False) -> None:
+    """Fail before the work, naming the path, when an output cannot be written (utils)."""
+    from .utils import check_writable
+
+    for target in targets:
+        if target is not None:
+            check_writable(target, beside=beside)
+
+
 def _config(args: argparse.Namespace):  # noqa: ANN202
     from .config import load_config
 
@@ -37,6 +47,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     counts = profile_counts(
         args.profile, total=args.total, per_class=args.per_class, classes=args.classes
     )
+    _check_outputs(args.out)
     written = write_dataset(args.out, counts, seed=args.seed, size=args.size, progress=True)
     print(f"wrote {sum(written.values())} images of {len(written)} classes to {args.out}")
     print(json.dumps(written))
@@ -50,6 +61,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     from .data.datasets import load_samples
 
     samples = load_samples(args.data)
+    _check_outputs(args.json)
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     bad = find_bad_images(samples, workers=workers, progress=not args.quiet)
     counts = Counter(s.label for s in samples)
@@ -84,6 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.pipeline import run_demo
 
     cfg = _config(args)
+    _check_outputs(args.out)
     summary = run_demo(cfg, Path(args.out), quick=args.quick)
     print(json.dumps(summary, indent=2))
     return 0
@@ -116,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"{out} already holds a run; continue it with --resume {out} or choose a new --out"
             )
+    _check_outputs(out)
     summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
@@ -128,6 +142,8 @@ def _print_json(obj: object) -> None:
 def cmd_bank(args: argparse.Namespace) -> int:
     from .engine import inference as inf
 
+    if args.bank_command != "info":  # a bank is saved beside itself and renamed into place
+        _check_outputs(args.out if args.bank_command == "build" else args.bank, beside=True)
     if args.bank_command == "build":
         _print_json(
             inf.bank_build(
@@ -161,6 +177,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from .engine import inference as inf
 
+    _check_outputs(args.output)
     bank = inf.open_bank(args.bank, run=args.run)
     records, timing = inf.classify_paths_timed(
         bank,
@@ -184,6 +201,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .engine import inference as inf
 
+    _check_outputs(args.gallery)
     results = inf.search_paths(inf.open_bank(args.bank, run=args.run), [args.image], k=args.k)
     if args.gallery:
         inf.gallery_png(results[0]["path"], results[0]["neighbours"], args.gallery)
@@ -195,6 +213,7 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
     from .engine.inference import fewshot_eval
 
     shots = args.k_shot  # a list of positive ints (argtypes.int_list)
+    _check_outputs(args.json)
     result = fewshot_eval(
         args.run,
         args.data,
@@ -217,6 +236,7 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
 def cmd_retrieval_eval(args: argparse.Namespace) -> int:
     from .engine import inference as inf
 
+    _check_outputs(args.json)
     bank = inf.open_bank(args.bank, run=args.run)
     result = inf.retrieval_eval(bank, args.data, progress=not args.quiet)
     if args.json:
@@ -230,6 +250,7 @@ def cmd_retrieval_eval(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
+    _check_outputs(args.out or Path(args.run) / "eval")
     _print_json(
         evaluate(
             args.run,
@@ -400,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.suppress(AttributeError, ValueError):  # file names that are not UTF-8
+        sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -413,6 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # a read-only target, a full disk, a missing permission: one line
+        from .utils import describe_os_error
+
+        command = " ".join(filter(None, (args.command, getattr(args, "bank_command", None))))
+        print(f"siamese-marrow {command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -46,6 +46,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Give an :class:`OSError` raised inside the block ``path`` as its file name when it has none
+    (a write or close that fails on a full disk names no file), so the message can name it."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
 def umask() -> int:
     """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
@@ -69,7 +81,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not UTF-8 is written back as its original bytes
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -124,19 +137,49 @@ def brief(value: Any, limit: int = BRIEF_LIMIT) -> str:
     return text
 
 
-def check_writable(target: str | Path, what: str = "output") -> None:
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed read or write: the path, the system's reason and what to do."""
+    where = f"{e.filename}" if e.filename is not None else ""
+    if e.filename2 is not None:
+        where += f" -> {e.filename2}"
+    reason = e.strerror or str(e)
+    hint = {
+        errno.ENOSPC: "; free some space or choose another folder",
+        errno.EDQUOT: "; free some space or choose another folder",
+        errno.EROFS: "; choose a folder you can write to",
+        errno.EACCES: "; check the permissions or choose another folder",
+        errno.EPERM: "; check the permissions or choose another folder",
+    }.get(e.errno or 0, "")
+    return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
+
+
+def printable(text: Any) -> str:
+    """``str(text)`` that every renderer and encoder accepts: bytes of a file name that are not
+    UTF-8 (held as lone surrogates) are shown as ``\\xNN`` escapes instead."""
+    text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
+def check_writable(target: str | Path, what: str = "output", *, beside: bool = False) -> None:
     """Fail now, naming ``target``, if it cannot be written: before the work, not after it.
 
     Creates, writes and removes a small probe file in ``target`` when it is an existing folder,
     else in its nearest existing parent (where the first file or folder will be made). Catches a
     read-only file system, missing permissions, a path under a regular file and a full disk.
     Raises :class:`OSError` with ``filename`` set to ``target``.
+
+    Folders replaced as a whole (banks: a new copy is made beside the old one and renamed over
+    it) pass ``beside=True``: the probe then goes into the folder's parent.
     """
     target = Path(target)
-    if target.is_dir():
+    if target.is_dir() and not beside:
         where = target
     else:
-        where = target.parent
+        where = target.absolute().parent
         while not where.exists() and where != where.parent:
             where = where.parent
         if not where.is_dir():

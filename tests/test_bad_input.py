@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,14 @@ import pytest
 from helpers import TINY_MODEL, cli, set_args
 from PIL import Image
 
+from siamese_marrow import cli as cli_module
+from siamese_marrow import utils
 from siamese_marrow.data.check import find_bad_images
 from siamese_marrow.data.datasets import load_samples
 from siamese_marrow.data.io import load_rgb
 from siamese_marrow.data.synth import write_dataset
 from siamese_marrow.errors import ImageDecodeError
+from siamese_marrow.utils import check_writable, describe_os_error, naming
 
 
 def _jpeg_bytes(size: int = 32) -> bytes:
@@ -218,3 +224,118 @@ def test_numeric_options_are_range_checked(args: list[str], words: str) -> None:
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("siamese-marrow ") and words in last, r.stderr
     assert len(last) < 400
+
+
+# --- failed writes: one line naming the path, checked before the work (issue 9, item 8) ---
+
+
+def test_check_writable_names_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    regular = tmp_path / "file.txt"
+    regular.write_text("x")
+    with pytest.raises(OSError) as info:
+        check_writable(regular / "out" / "bank")
+    assert info.value.errno == errno.ENOTDIR and info.value.filename == str(
+        regular / "out" / "bank"
+    )
+    check_writable(tmp_path / "new" / "deeper")  # made later under a writable existing parent
+    check_writable(tmp_path)
+    assert not list(tmp_path.rglob(".write-probe*")) and not (tmp_path / "new").exists()
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".write-probe.x"))
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(OSError) as info:
+            check_writable(tmp_path / "bank", beside=True)
+    line = describe_os_error(info.value)
+    assert line.startswith(f"{tmp_path / 'bank'}: Read-only file system") and "\n" not in line
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError) as info:
+        check_writable(tmp_path / "r.json")
+    assert info.value.errno == errno.ENOSPC
+    assert describe_os_error(info.value).startswith(f"{tmp_path / 'r.json'}: No space left")
+    assert not list(tmp_path.glob(".write-probe*"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o555 folder anyway")
+def test_check_writable_read_only_folder(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(OSError) as info:
+        check_writable(ro / "out.csv")
+    assert info.value.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--out", "{F}/run", "--quiet", "--set", "data.root=nowhere"],
+        ["bank", "build", "--run", "nowhere", "--data", "nowhere", "--out", "{F}/bank"],
+        ["bank", "add", "--bank", "{F}/bank", "--label", "NEW", "q.png"],
+        ["classify", "--bank", "nowhere", "q.png", "--format", "csv", "-o", "{F}/out.csv"],
+        ["search", "--bank", "nowhere", "q.png", "--gallery", "{F}/g.png"],
+        ["evaluate", "--run", "nowhere", "--out", "{F}/eval"],
+        ["evaluate", "--run", "{F}/run"],
+        ["synth", "--out", "{F}/synth", "--per-class", "1"],
+        ["retrieval-eval", "--bank", "nowhere", "--data", "nowhere", "--json", "{F}/r.json"],
+        ["fewshot-eval", "--run", "nowhere", "--data", "nowhere", "--json", "{F}/f.json"],
+    ],
+)
+def test_unwritable_output_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str]
+) -> None:
+    """The output lies under a regular file: refused first, although the inputs do not exist."""
+    regular = tmp_path / "file.txt"
+    regular.write_text("x")
+    argv = [a.replace("{F}", str(regular)) for a in args]
+    assert cli_module.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{regular} is not a folder" in err and "error: " + str(regular) in err, err
+
+
+@pytest.fixture
+def tiny_images(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    write_dataset(root, {"BLA": 2, "EOS": 2}, seed=0, size=32)
+    return root
+
+
+def test_failed_write_after_the_check_is_one_line(
+    tiny_images: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the check cannot foresee (the disk fills during the work) still ends in one line."""
+    monkeypatch.setattr(utils, "check_writable", lambda *a, **k: None)
+    regular = tmp_path / "file.txt"
+    regular.write_text("x")
+    argv = ["check-data", str(tiny_images), "--quiet", "--json", str(regular / "c.json")]
+    assert cli_module.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"siamese-marrow check-data: error: {regular}: File exists", err
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    out = tmp_path / "c.json"
+    assert cli_module.main(["check-data", str(tiny_images), "--quiet", "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"siamese-marrow check-data: error: {out}: No space left on device; "
+        "free some space or choose another folder"
+    )
+    assert not out.exists() and not list(tmp_path.glob(".c.json*"))
+
+
+def test_naming_gives_an_anonymous_os_error_its_path(tmp_path: Path) -> None:
+    with pytest.raises(OSError) as info, naming(tmp_path / "anchors.json"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert info.value.filename == str(tmp_path / "anchors.json")

@@ -48,7 +48,7 @@ from ..engine.checkpoint import CheckpointError, LoadedRun, load_run
 from ..engine.embed import embed_dataset
 from ..errors import SiameseMarrowError
 from ..models import SiameseNet
-from ..utils import fsync_dir, sha256_file, umask
+from ..utils import fsync_dir, naming, sha256_file, umask
 from .faiss_index import FaissIndex, RemoveUnsupported
 
 if TYPE_CHECKING:
@@ -497,7 +497,7 @@ def recover(target: Path) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with naming(path), open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from ..data.classes import MATEK_CLASSES
 from ..data.io import load_rgb
 from ..errors import DataError
-from ..utils import atomic_path
+from ..utils import atomic_path, printable
 
 #: Resolution of every saved figure.
 DPI = 110
@@ -73,7 +73,7 @@ def confusion_matrix_png(metrics: dict[str, Any], out: str | Path) -> Path:
     ``abst.`` column shows their share, so every row still sums to 100.
     """
     _check_metrics(metrics, "confusion_matrix", "classes")
-    classes = [str(c) for c in metrics["classes"]]
+    classes = [printable(c) for c in metrics["classes"]]
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64).reshape(len(classes), -1)
     n = len(classes)
     support = _supports(metrics, cm)
@@ -131,7 +131,7 @@ def confusion_matrix_png(metrics: dict[str, Any], out: str | Path) -> Path:
 
 def _class_label(code: str) -> str:
     known = MATEK_CLASSES.get(code)
-    return f"{code} ({known[0]})" if known else code
+    return f"{code} ({known[0]})" if known else printable(code)
 
 
 def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -384,7 +384,7 @@ def _show_image(ax: Any, path: Any) -> bool:
 
 
 def _short_name(path: Any, width: int = 26) -> str:
-    name = Path(str(path)).name if path else "?"
+    name = printable(Path(str(path)).name) if path else "?"
     return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
@@ -420,7 +420,7 @@ def mistakes_gallery_png(
     for row, m in zip(axes, items, strict=False):
         for ax in row:
             ax.axis("off")
-        true, pred = str(m.get("true", "?")), str(m.get("predicted", "?"))
+        true, pred = printable(m.get("true", "?")), printable(m.get("predicted", "?"))
         conf = _number(m.get("confidence"))
         q = row[0]
         q.axis("on")
@@ -436,7 +436,7 @@ def mistakes_gallery_png(
         for ax, a in zip(row[1:], (m.get("anchors") or [])[:MAX_ANCHORS], strict=False):
             ax.axis("on")
             _show_image(ax, a.get("path"))
-            label = str(a.get("label", "?"))
+            label = printable(a.get("label", "?"))
             colour = "#a00000" if label == pred else "#006400" if label == true else "black"
             pp, sim = _number(a.get("pair_probability")), _number(a.get("similarity"))
             parts = [label]
