@@ -339,3 +339,58 @@ def test_naming_gives_an_anonymous_os_error_its_path(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info, naming(tmp_path / "anchors.json"):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert info.value.filename == str(tmp_path / "anchors.json")
+
+
+@pytest.fixture(scope="module")
+def latin1_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny run trained on data whose third class folder is named b"LY\\xff" (not UTF-8)."""
+    from siamese_marrow.config import load_config
+    from siamese_marrow.engine.train import train
+
+    base = tmp_path_factory.mktemp("latin1")
+    data = base / "data"
+    write_dataset(data, {"BLA": 6, "EOS": 6, "LYT": 6}, seed=0, size=32)
+    try:
+        os.rename(os.fsencode(data / "LYT"), os.fsencode(data) + b"/LY\xff")
+    except OSError as e:
+        pytest.skip(f"this file system refuses non-UTF-8 names ({e})")
+    overrides = [
+        *TINY_MODEL,
+        "sampler.p_classes=3",
+        "sampler.k_per_class=2",
+        "sampler.batches_per_epoch=2",
+        "train.epochs=1",
+        "data.val_fraction=0.3",
+        "data.test_fraction=0.2",
+        f"data.root={data}",
+    ]
+    train(load_config(None, overrides), base / "run", progress=False)
+    return base / "run", data
+
+
+def test_non_utf8_class_and_file_names(
+    latin1_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run, data = latin1_run
+    out = tmp_path / "eval"
+    assert cli_module.main(["evaluate", "--run", str(run), "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "LY\udcff" in metrics["classes"]
+    html = (out / "report.html").read_text(encoding="utf-8")  # valid UTF-8
+    assert "LY\\xff" in html
+    assert all((out / f).stat().st_size > 0 for f in ("confusion.png", "recall.png"))
+
+    bank = tmp_path / "bank"
+    assert cli_module.main(["bank", "build", "--run", str(run), "--data", str(data),
+                            "--out", str(bank), "--quiet"]) == 0  # fmt: skip
+    query = os.fsencode(tmp_path) + b"/caf\xe9.jpg"
+    with open(query, "wb") as f:
+        f.write((data / "BLA" / sorted(os.listdir(data / "BLA"))[0]).read_bytes())
+    csv_out = tmp_path / "out.csv"
+    argv = ["classify", "--bank", str(bank), os.fsdecode(query), "--format", "csv"]
+    capsys.readouterr()
+    assert cli_module.main([*argv, "-o", str(csv_out)]) == 0
+    raw = csv_out.read_bytes()
+    assert raw.startswith(b"path,prediction,p_BLA,p_EOS,p_LY\xff,")  # the names' own bytes
+    assert query + b"," in raw
+    assert "Traceback" not in capsys.readouterr().err
