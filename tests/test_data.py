@@ -271,6 +271,7 @@ def test_exif_orientation_is_applied(
     assert r > 200 and b < 60, (orientation, px[red_at])
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's own, while decoding
 def test_damaged_exif_does_not_refuse_the_pixels(tmp_path: Path) -> None:
     path = tmp_path / "bad_exif.jpg"
     Image.new("RGB", (8, 6), (0, 128, 0)).save(path, exif=b"Exif\x00\x00II*\x00garbage")
