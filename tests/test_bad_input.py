@@ -394,3 +394,29 @@ def test_non_utf8_class_and_file_names(
     assert raw.startswith(b"path,prediction,p_BLA,p_EOS,p_LY\xff,")  # the names' own bytes
     assert query + b"," in raw
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_alias_bomb_and_long_set_value_give_short_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    text = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        text += f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]\n"
+    bomb.write_text(text + "data:\n  root: [*i, *i, *i, *i, *i, *i, *i, *i, *i]\n")
+    assert len(text) < 600  # 9**10 values once expanded
+    run = tmp_path / "run"
+    for args in (
+        ["--config", str(bomb)],
+        [
+            "--set",
+            "data.root=[&a [x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a]]",
+        ],
+        ["--set", "model.backbone=" + "[" * 300, "--set", "model.pretrained=none"],
+        ["--set", "train.epochs=" + "7x" * 300],
+    ):
+        assert cli_module.main(["train", "--out", str(run), "--quiet", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("siamese-marrow train: error: ") and len(err) < 500, err
+        assert "Traceback" not in err
+    assert not run.exists()
