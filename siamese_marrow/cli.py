@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import argtypes
 from .errors import SiameseMarrowError
+from .utils import arg_count, arg_int_list, arg_number, arg_probability, arg_seed, arg_workers
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -212,7 +212,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_fewshot_eval(args: argparse.Namespace) -> int:
     from .engine.inference import fewshot_eval
 
-    shots = args.k_shot  # a list of positive ints (argtypes.int_list)
+    shots = args.k_shot  # a list of positive ints (arg_int_list)
     _check_outputs(args.json)
     result = fewshot_eval(
         args.run,
@@ -275,25 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (ImageFolder layout)")
     p.add_argument("--classes", nargs="+", help="class codes (default: all 21)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--per-class", type=argtypes.count, help="images per class (uniform profile)")
-    g.add_argument("--total", type=argtypes.count, help="total images (matek profile)")
+    g.add_argument("--per-class", type=arg_count, help="images per class (uniform profile)")
+    g.add_argument("--total", type=arg_count, help="total images (matek profile)")
     p.add_argument(
         "--profile",
         choices=("uniform", "matek"),
         default="uniform",
         help="uniform counts, or the real imbalance of Matek 2021 scaled down",
     )
+    p.add_argument("--seed", type=arg_seed, default=0, help="same seed, same images (default 0)")
     p.add_argument(
-        "--seed", type=argtypes.seed, default=0, help="same seed, same images (default 0)"
-    )
-    p.add_argument(
-        "--size", type=argtypes.number(int, 16, 4096), default=128, help="image side in pixels"
+        "--size", type=arg_number(int, 16, 4096), default=128, help="image side in pixels"
     )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("check-data", help="decode every image once and list the bad ones")
     p.add_argument("data", help="ImageFolder root or CSV manifest")
-    p.add_argument("--workers", type=argtypes.workers, help="decoding processes (default: up to 4)")
+    p.add_argument("--workers", type=arg_workers, help="decoding processes (default: up to 4)")
     p.add_argument("--json", help="write the findings here as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_check_data)
@@ -318,14 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="bank directory")
     b.add_argument("--index", help="FAISS factory string (default: the run's bank.index)")
     b.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    b.add_argument("--workers", type=argtypes.workers, default=0, help="DataLoader workers")
+    b.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")
     b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
     b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True, help="class code of the new anchors")
     b.add_argument("images", nargs="+", help="image files or folders")
     b.add_argument("--run", help="the run whose model built the bank, if it has moved")
-    b.add_argument("--workers", type=argtypes.workers, default=0, help="DataLoader workers")
+    b.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")
     b = bank_sub.add_parser("remove", help="remove every anchor of a class")
     b.add_argument("--bank", required=True, help="anchor bank folder")
@@ -346,23 +344,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--abstain-below",
-        type=argtypes.probability,
+        type=arg_probability,
         metavar="P",
         help="call a prediction 'uncertain' when its probability is below P",
     )
     p.add_argument(
-        "--top-m", type=argtypes.count, help="FAISS candidates per query (default: the bank's)"
+        "--top-m", type=arg_count, help="FAISS candidates per query (default: the bank's)"
     )
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--timing", action="store_true", help="print the time breakdown to stderr")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
-    p.add_argument("--workers", type=argtypes.workers, default=0, help="DataLoader workers")
+    p.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("search", help="nearest anchors of an image: the evidence behind a call")
     p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("image")
-    p.add_argument("-k", type=argtypes.count, default=10, help="neighbours to return (default 10)")
+    p.add_argument("-k", type=arg_count, default=10, help="neighbours to return (default 10)")
     p.add_argument("--gallery", help="also draw the query and its neighbours to this PNG")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
     p.set_defaults(func=cmd_search)
@@ -371,21 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
     p.add_argument(
-        "--n-way", type=argtypes.number(int, 2), default=5, help="classes per episode (default 5)"
+        "--n-way", type=arg_number(int, 2), default=5, help="classes per episode (default 5)"
     )
     p.add_argument(
-        "--k-shot", type=argtypes.int_list(1), default="1,5", help="comma-separated shots, e.g. 1,5"
+        "--k-shot", type=arg_int_list(1), default="1,5", help="comma-separated shots, e.g. 1,5"
     )
     p.add_argument(
         "--n-query",
-        type=argtypes.count,
+        type=arg_count,
         default=15,
         help="query images per class per episode (default 15)",
     )
-    p.add_argument(
-        "--episodes", type=argtypes.count, default=100, help="seeded episodes (default 100)"
-    )
-    p.add_argument("--seed", type=argtypes.seed, default=0, help="episode seed (default 0)")
+    p.add_argument("--episodes", type=arg_count, default=100, help="seeded episodes (default 100)")
+    p.add_argument("--seed", type=arg_seed, default=0, help="episode seed (default 0)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")

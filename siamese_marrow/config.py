@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .utils import brief
+from .utils import brief, load_yaml
 
 FREEZE_PATTERN = re.compile(r"^(none|all|last-\d+)$")
 
@@ -375,60 +375,6 @@ def _validate(obj: Any, where: str) -> None:
 
 #: Largest config file read, in bytes (the shipped ones are about 1 kB).
 MAX_CONFIG_BYTES = 1 << 20
-#: Most YAML nodes a config file or ``--set`` value may hold once its aliases are expanded.
-MAX_YAML_NODES = 100_000
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses recursive aliases and documents whose aliases expand to
-    more than :data:`MAX_YAML_NODES` nodes (a "billion laughs" alias bomb), before anything is
-    built from them."""
-
-    def compose_document(self) -> yaml.Node:
-        node = super().compose_document()
-        _count_nodes(node)
-        return node
-
-
-def _count_nodes(root: yaml.Node) -> int:
-    """Nodes under ``root`` with every alias expanded, counted without expanding them."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in open_nodes:
-            raise ConfigError("a YAML alias refers to itself (a recursive structure)")
-        open_nodes.add(key)
-        n = 1
-        if isinstance(node, yaml.SequenceNode):
-            n += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            n += sum(size(k) + size(v) for k, v in node.value)
-        open_nodes.discard(key)
-        if n > MAX_YAML_NODES:
-            raise ConfigError(
-                f"YAML expands to more than {MAX_YAML_NODES:,} values (aliases repeating "
-                "aliases?); a config needs a few dozen"
-            )
-        sizes[key] = n
-        return n
-
-    return size(root)
-
-
-def _load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with bounded alias expansion and nesting depth."""
-    try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
-    except ConfigError:  # a ValueError too
-        raise
-    except RecursionError:
-        raise ConfigError("YAML nested too deeply") from None
-    except ValueError as e:  # e.g. an integer of more than 4300 digits
-        raise yaml.YAMLError(f"a value cannot be converted ({str(e)[:200]})") from None
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -444,7 +390,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if not all(parts):
             raise ConfigError(f"--set {brief(item)}: empty key part in {brief(key)}")
         try:
-            value = _load_yaml(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         except ConfigError as e:
@@ -472,7 +418,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 "a config holds a few dozen values (configs/ holds the shipped ones)"
             )
         try:
-            data = _load_yaml(p.read_text(encoding="utf-8")) or {}
+            data = load_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {str(e)[:1000]}") from None
         except UnicodeDecodeError as e:

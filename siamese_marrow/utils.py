@@ -1,18 +1,24 @@
-"""Small shared helpers: atomic writes, writability checks, bounded values in messages, hashing,
-devices."""
+"""Small shared helpers: atomic writes, writability checks, bounded values in messages, bounded
+YAML loading, range-checked argparse types, hashing, devices."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import reprlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from .errors import ConfigError
 
 
 @contextlib.contextmanager
@@ -202,3 +208,131 @@ def check_writable(target: str | Path, what: str = "output", *, beside: bool = F
     finally:
         with contextlib.suppress(OSError):
             os.unlink(probe)
+
+
+# --- YAML with bounded alias expansion (config files and --set values) ---------------------
+
+#: Most YAML nodes a config file or ``--set`` value may hold once its aliases are expanded.
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses recursive aliases and documents whose aliases expand to
+    more than :data:`MAX_YAML_NODES` nodes (a "billion laughs" alias bomb), before anything is
+    built from them."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _count_nodes(node)
+        return node
+
+
+def _count_nodes(root: yaml.Node) -> int:
+    """Nodes under ``root`` with every alias expanded, counted without expanding them."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError("a YAML alias refers to itself (a recursive structure)")
+        open_nodes.add(key)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        open_nodes.discard(key)
+        if n > MAX_YAML_NODES:
+            raise ConfigError(
+                f"YAML expands to more than {MAX_YAML_NODES:,} values (aliases repeating "
+                "aliases?); a config needs a few dozen"
+            )
+        sizes[key] = n
+        return n
+
+    return size(root)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with bounded alias expansion and nesting depth."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError:  # a ValueError too
+        raise
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise yaml.YAMLError(f"a value cannot be converted ({str(e)[:200]})") from None
+
+
+# --- argparse type= functions: numeric options range-checked while parsing ------------------
+
+
+def arg_number(
+    kind: type = int,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_strict: bool = False,
+    high_strict: bool = False,
+) -> Callable[[str], float]:
+    """A ``type=`` function parsing ``kind`` (int or float) within ``[low, high]`` (or the open
+    ends when ``low_strict`` / ``high_strict``); floats must be finite."""
+
+    if low is not None and high is not None:
+        allowed = f"in {'(' if low_strict else '['}{low:g}, {high:g}{')' if high_strict else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_strict else '>='} {low:g}"
+    elif high is not None:
+        allowed = f"{'<' if high_strict else '<='} {high:g}"
+    else:
+        allowed = "any"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {brief(text)}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {brief(text)}")
+        too_low = low is not None and (value < low or (low_strict and value == low))
+        too_high = high is not None and (value > high or (high_strict and value == high))
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {allowed}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def arg_int_list(low: int = 1) -> Callable[[str], list[int]]:
+    """A ``type=`` function for a comma-separated list of integers ``>= low``, e.g. ``1,5``."""
+    item = arg_number(int, low)
+
+    def parse(text: str) -> list[int]:
+        parts = [p.strip() for p in text.split(",")]
+        if not any(parts) or not all(parts):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers >= {low} like 1,5, got {brief(text)}"
+            )
+        values: list[int] = []
+        for p in parts:
+            try:
+                values.append(int(item(p)))
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentTypeError(f"{brief(text)}: {e}") from None
+        return values
+
+    parse.__name__ = "list of integers"
+    return parse
+
+
+#: Shared instances for the usual cases.
+arg_count = arg_number(int, 1)  # how many of something: at least 1
+arg_workers = arg_number(int, 0, 256)  # worker processes: 0 = in the main process
+arg_seed = arg_number(int, 0, 2**63 - 1)
+arg_probability = arg_number(float, 0, 1)
