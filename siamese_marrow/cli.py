@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SiameseMarrowError
+from .utils import arg_count, arg_int_list, arg_number, arg_probability, arg_seed, arg_workers
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,6 +27,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_outputs(*targets: str | Path | None, beside: bool = False) -> None:
+    """Fail before the work, naming the path, when an output cannot be written (utils)."""
+    from .utils import check_writable
+
+    for target in targets:
+        if target is not None:
+            check_writable(target, beside=beside)
+
+
 def _config(args: argparse.Namespace):  # noqa: ANN202
     from .config import load_config
 
@@ -37,6 +48,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     counts = profile_counts(
         args.profile, total=args.total, per_class=args.per_class, classes=args.classes
     )
+    _check_outputs(args.out)
     written = write_dataset(args.out, counts, seed=args.seed, size=args.size, progress=True)
     print(f"wrote {sum(written.values())} images of {len(written)} classes to {args.out}")
     print(json.dumps(written))
@@ -50,6 +62,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     from .data.datasets import load_samples
 
     samples = load_samples(args.data)
+    _check_outputs(args.json)
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     bad = find_bad_images(samples, workers=workers, progress=not args.quiet)
     counts = Counter(s.label for s in samples)
@@ -84,6 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.pipeline import run_demo
 
     cfg = _config(args)
+    _check_outputs(args.out)
     summary = run_demo(cfg, Path(args.out), quick=args.quick)
     print(json.dumps(summary, indent=2))
     return 0
@@ -94,6 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.train import train
 
     cfg, out = training_plan(args.out, args.resume, args.config, args.overrides, args.skip_bad)
+    _check_outputs(out)
     summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
@@ -106,6 +121,8 @@ def _print_json(obj: object) -> None:
 def cmd_bank(args: argparse.Namespace) -> int:
     from .engine import banks
 
+    if args.bank_command != "info":  # a bank is saved beside itself and renamed into place
+        _check_outputs(args.out if args.bank_command == "build" else args.bank, beside=True)
     if args.bank_command == "build":
         _print_json(
             banks.bank_build(
@@ -140,6 +157,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .engine.banks import open_bank
     from .engine.predict import classify_paths_timed, format_records
 
+    _check_outputs(args.output)
     bank = open_bank(args.bank, run=args.run)
     records, timing = classify_paths_timed(
         bank,
@@ -165,6 +183,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .engine.predict import search_paths
     from .report import neighbours_gallery_png
 
+    _check_outputs(args.gallery)
     results = search_paths(open_bank(args.bank, run=args.run), [args.image], k=args.k)
     if args.gallery:
         neighbours_gallery_png(results[0]["path"], results[0]["neighbours"], args.gallery)
@@ -174,12 +193,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_fewshot_eval(args: argparse.Namespace) -> int:
     from .engine.fewshot import fewshot_eval
-    from .errors import ConfigError
 
-    try:
-        shots = [int(k) for k in args.k_shot.split(",") if k.strip()]
-    except ValueError:
-        raise ConfigError(f"--k-shot {args.k_shot!r}: expected numbers like 1,5") from None
+    shots = args.k_shot  # a list of positive ints (arg_int_list)
+    _check_outputs(args.json)
     result = fewshot_eval(
         args.run,
         args.data,
@@ -203,6 +219,7 @@ def cmd_retrieval_eval(args: argparse.Namespace) -> int:
     from .engine.banks import open_bank
     from .engine.evaluate import retrieval_eval
 
+    _check_outputs(args.json)
     bank = open_bank(args.bank, run=args.run)
     result = retrieval_eval(bank, args.data, progress=not args.quiet)
     if args.json:
@@ -216,6 +233,7 @@ def cmd_retrieval_eval(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
+    _check_outputs(args.out or Path(args.run) / "eval")
     _print_json(
         evaluate(
             args.run,
@@ -234,23 +252,25 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (ImageFolder layout)")
     p.add_argument("--classes", nargs="+", help="class codes (default: all 21)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--per-class", type=int, help="images per class (uniform profile)")
-    g.add_argument("--total", type=int, help="total images (matek profile)")
+    g.add_argument("--per-class", type=arg_count, help="images per class (uniform profile)")
+    g.add_argument("--total", type=arg_count, help="total images (matek profile)")
     p.add_argument(
         "--profile",
         choices=("uniform", "matek"),
         default="uniform",
         help="uniform counts, or the real imbalance of Matek 2021 scaled down",
     )
-    p.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--seed", type=arg_seed, default=0, help="same seed, same images (default 0)")
+    p.add_argument(
+        "--size", type=arg_number(int, 16, 4096), default=128, help="image side in pixels"
+    )
     p.set_defaults(func=cmd_synth)
 
 
 def _add_check_data(sub: Any) -> None:
     p = sub.add_parser("check-data", help="decode every image once and list the bad ones")
     p.add_argument("data", help="ImageFolder root or CSV manifest")
-    p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    p.add_argument("--workers", type=arg_workers, help="decoding processes (default: up to 4)")
     p.add_argument("--json", help="write the findings here as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_check_data)
@@ -279,14 +299,14 @@ def _add_bank(sub: Any) -> None:
     b.add_argument("--out", required=True, help="bank directory")
     b.add_argument("--index", help="FAISS factory string (default: the run's bank.index)")
     b.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    b.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    b.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")
     b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
     b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True, help="class code of the new anchors")
     b.add_argument("images", nargs="+", help="image files or folders")
     b.add_argument("--run", help="the run whose model built the bank, if it has moved")
-    b.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    b.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")
     b = bank_sub.add_parser("remove", help="remove every anchor of a class")
     b.add_argument("--bank", required=True, help="anchor bank folder")
@@ -309,15 +329,17 @@ def _add_classify(sub: Any) -> None:
     )
     p.add_argument(
         "--abstain-below",
-        type=float,
+        type=arg_probability,
         metavar="P",
         help="call a prediction 'uncertain' when its probability is below P",
     )
-    p.add_argument("--top-m", type=int, help="FAISS candidates per query (default: the bank's)")
+    p.add_argument(
+        "--top-m", type=arg_count, help="FAISS candidates per query (default: the bank's)"
+    )
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--timing", action="store_true", help="print the time breakdown to stderr")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     p.set_defaults(func=cmd_classify)
 
 
@@ -325,7 +347,7 @@ def _add_search(sub: Any) -> None:
     p = sub.add_parser("search", help="nearest anchors of an image: the evidence behind a call")
     p.add_argument("--bank", required=True, help="anchor bank folder")
     p.add_argument("image")
-    p.add_argument("-k", type=int, default=10, help="neighbours to return (default 10)")
+    p.add_argument("-k", type=arg_count, default=10, help="neighbours to return (default 10)")
     p.add_argument("--gallery", help="also draw the query and its neighbours to this PNG")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
     p.set_defaults(func=cmd_search)
@@ -335,13 +357,20 @@ def _add_fewshot_eval(sub: Any) -> None:
     p = sub.add_parser("fewshot-eval", help="seeded N-way K-shot episodes on unseen classes")
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--n-way", type=int, default=5, help="classes per episode (default 5)")
-    p.add_argument("--k-shot", default="1,5", help="comma-separated shots, e.g. 1,5")
     p.add_argument(
-        "--n-query", type=int, default=15, help="query images per class per episode (default 15)"
+        "--n-way", type=arg_number(int, 2), default=5, help="classes per episode (default 5)"
     )
-    p.add_argument("--episodes", type=int, default=100, help="seeded episodes (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
+    p.add_argument(
+        "--k-shot", type=arg_int_list(1), default="1,5", help="comma-separated shots, e.g. 1,5"
+    )
+    p.add_argument(
+        "--n-query",
+        type=arg_count,
+        default=15,
+        help="query images per class per episode (default 15)",
+    )
+    p.add_argument("--episodes", type=arg_count, default=100, help="seeded episodes (default 100)")
+    p.add_argument("--seed", type=arg_seed, default=0, help="episode seed (default 0)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")
@@ -404,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.suppress(AttributeError, ValueError):  # file names that are not UTF-8
+        sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -417,6 +448,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # a read-only target, a full disk, a missing permission: one line
+        from .utils import describe_os_error
+
+        command = " ".join(filter(None, (args.command, getattr(args, "bank_command", None))))
+        print(f"siamese-marrow {command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

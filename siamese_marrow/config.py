@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .utils import brief, load_yaml
 
 FREEZE_PATTERN = re.compile(r"^(none|all|last-\d+)$")
 
@@ -219,26 +221,29 @@ def _check_value(where: str, tp: Any, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {brief(value)}")
         return [_check_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {brief(value)}")
     if tp in (int, float):  # int("1.5") fails, so "train.epochs=1.5" is refused
         kind = "an integer" if tp is int else "a number"
         accepted = (int, str) if tp is int else (int, float, str)
         if isinstance(value, bool) or not isinstance(value, accepted):
-            raise ConfigError(f"{where}: expected {kind}, got {value!r}")
+            raise ConfigError(f"{where}: expected {kind}, got {brief(value)}")
         try:
-            return tp(value)
+            number = tp(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
+            raise ConfigError(f"{where}: expected {kind}, got {brief(value)}") from None
+        if tp is float and not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {brief(value)}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {brief(value)}")
         return str(value)
     raise TypeError(f"unsupported config type {tp} at {where}")  # a bug in this module
 
@@ -247,12 +252,12 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
     hints = typing.get_type_hints(type(obj))
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {values!r}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {brief(values)}")
     for key, value in values.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
             raise ConfigError(
-                f"unknown config key {name!r}; allowed keys"
+                f"unknown config key {brief(name)}; allowed keys"
                 f"{' in ' + where if where else ''}: {', '.join(sorted(fields))}"
             )
         current = getattr(obj, key)
@@ -262,7 +267,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
         value = _check_value(name, hints[key], value)
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{name}: {brief(value)} is not one of {', '.join(choices)}")
         setattr(obj, key, value)
     _validate(obj, where)
 
@@ -315,6 +320,17 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
     BankConfig: {"top_m": (0, False), "per_class_k": (0, False), "abstain_below": (0, False)},
 }
 
+#: Highest allowed value of numeric fields: (bound, strict). Fields not listed have no upper bound.
+_UPPER_BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
+    ModelConfig: {"drop_rate": (1, True)},
+    AugmentConfig: {"scale_min": (1, False), "scale_max": (1, False), "hue": (0.5, False)},
+    BankConfig: {"abstain_below": (1, False)},
+}
+
+#: Smallest model.img_size other than 0: the total stride of the backbones (EfficientNet, ResNet,
+#: MobileNet downsample by 32), below which the last feature map is a padded 1x1 and learns nothing.
+MIN_IMG_SIZE = 32
+
 
 def _validate(obj: Any, where: str) -> None:
     """Bounds and cross-field checks, with the numbers in the message."""
@@ -322,6 +338,24 @@ def _validate(obj: Any, where: str) -> None:
         value = getattr(obj, name)
         if value < low or (strict and value == low):
             raise ConfigError(f"{where}.{name}={value} must be {'>' if strict else '>='} {low:g}")
+    for name, (high, strict) in _UPPER_BOUNDS.get(type(obj), {}).items():
+        value = getattr(obj, name)
+        if value > high or (strict and value == high):
+            raise ConfigError(f"{where}.{name}={value} must be {'<' if strict else '<='} {high:g}")
+    if isinstance(obj, ModelConfig) and 0 < obj.img_size < MIN_IMG_SIZE:
+        raise ConfigError(
+            f"{where}.img_size={obj.img_size} is too small: use 0 (the model's default input size) "
+            f"or at least {MIN_IMG_SIZE} pixels"
+        )
+    if isinstance(obj, AugmentConfig) and obj.scale_min > obj.scale_max:
+        raise ConfigError(
+            f"{where}.scale_min={obj.scale_min} is above scale_max={obj.scale_max}; "
+            "the crop scale range is (scale_min, scale_max)"
+        )
+    if isinstance(obj, DataConfig) and not obj.root.strip():
+        raise ConfigError(
+            f"{where}.root is empty; give an ImageFolder root, a CSV manifest or 'synthetic'"
+        )
     if isinstance(obj, TrainConfig) and not FREEZE_PATTERN.match(obj.freeze):
         raise ConfigError(
             f"{where}.freeze: {obj.freeze!r} is not none, all or last-N (e.g. last-5)"
@@ -335,25 +369,33 @@ def _validate(obj: Any, where: str) -> None:
             )
 
 
+#: Largest config file read, in bytes (the shipped ones are about 1 kB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """Turn ``["train.lr=0.01", "data.classes=[BLA,EOS]"]`` into a nested dict of YAML values."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=0.001")
+            raise ConfigError(
+                f"--set {brief(item)}: expected section.key=value, e.g. train.lr=0.001"
+            )
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {item!r}: empty key part in {key!r}")
+            raise ConfigError(f"--set {brief(item)}: empty key part in {brief(key)}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except ConfigError as e:
+            raise ConfigError(f"--set {brief(item)}: {e}") from None
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} was already set to a value")
+                raise ConfigError(f"--set {brief(item)}: {brief(p)} was already set to a value")
         node[parts[-1]] = value
     return out
 
@@ -365,10 +407,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; configs/ holds the shipped ones")
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {p} is {size:,} bytes, above the limit of {MAX_CONFIG_BYTES:,}; "
+                "a config holds a few dozen values (configs/ holds the shipped ones)"
+            )
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = load_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e)[:1000]}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not UTF-8 text ({e.reason})") from None
+        except ConfigError as e:
+            raise ConfigError(f"config file {p}: {e}") from None
         try:
             _apply(cfg, data, "")
         except ConfigError as e:

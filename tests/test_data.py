@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -173,3 +174,105 @@ def test_partial_groups_refused() -> None:
     samples = _samples({"A": 4}) + [Sample("/x/g.jpg", "A", "p1")]
     with pytest.raises(DataError, match="no group"):
         split_samples(samples, 0.2)
+
+
+# --- issue 9, items 9 and 10: manifests, special files, symlink loops, EXIF orientation ---
+
+
+def test_csv_quoted_newline_in_a_path_survives(tmp_path: Path) -> None:
+    (tmp_path / "two\nlines").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "two\nlines" / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    m = tmp_path / "m.csv"
+    m.write_text('path,label\n"two\nlines/a.png",BLA\nb.png,EOS\n,\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 5: empty path or label"):  # lines counted right
+        read_manifest(m)
+    m.write_text('path,label\r\n"two\nlines/a.png",BLA\r\nb.png,EOS\r\n', encoding="utf-8")
+    samples = read_manifest(m)
+    assert [s.path for s in samples] == [
+        str(tmp_path / "two\nlines" / "a.png"),
+        str(tmp_path / "b.png"),
+    ]
+    assert [s.label for s in samples] == ["BLA", "EOS"]
+
+
+def test_csv_rows_naming_special_files_are_not_called_missing(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.png").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    m = tmp_path / "m.csv"
+    rows = ["ok.png,BLA", "pipe.png,BLA", "/dev/zero,EOS", "folder.png,EOS", "gone.png,EOS"]
+    m.write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as info:
+        read_manifest(m)
+    msg = str(info.value)
+    assert "3 row(s) are not regular files" in msg and "missing" not in msg, msg
+    assert f"line 3: {fifo} is a FIFO" in msg and "line 4: /dev/zero is a device" in msg
+    assert "folder.png is a folder" in msg
+    m.write_text("path,label\nok.png,BLA\ngone.png,EOS\n")
+    with pytest.raises(DataError, match="1 row.s. point at missing files: line 3: .*gone.png"):
+        read_manifest(m)
+    for special in (fifo, Path("/dev/zero")):  # decoding would block or never end
+        with pytest.raises(ImageDecodeError, match="is not a regular file but a"):
+            load_rgb(special)
+
+
+def test_csv_field_too_large_is_a_data_error(tmp_path: Path) -> None:
+    m = tmp_path / "m.csv"
+    m.write_text('path,label\n"' + "x" * 200_000 + '",BLA\n')
+    with pytest.raises(DataError, match="line 2: not valid CSV"):
+        read_manifest(m)
+
+
+def test_symlink_loop_at_the_root_is_not_a_class(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for code in ("BLA", "EOS"):
+        (root / code).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / code / "a.png")
+    (root / "LOOP").symlink_to(".")
+    (root / "UP").symlink_to("..")
+    (root / "EOS" / "INNER").symlink_to("..")  # below a class: never followed
+    with pytest.warns(UserWarning, match=r"skipped 2 folder symlink.*LOOP, UP"):
+        samples = load_samples(root)
+    assert Counter(s.label for s in samples) == {"BLA": 1, "EOS": 1}
+
+
+def test_symlinked_class_folder_elsewhere_is_kept(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "store" / "BAS"
+    elsewhere.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(elsewhere / "a.png")
+    root = tmp_path / "data"
+    (root / "BLA").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "BLA" / "a.png")
+    (root / "BAS").symlink_to(elsewhere)
+    assert Counter(s.label for s in load_samples(root)) == {"BLA": 1, "BAS": 1}
+
+
+@pytest.mark.parametrize(
+    "orientation,size", [(1, (40, 20)), (3, (40, 20)), (6, (20, 40)), (8, (20, 40))]
+)
+def test_exif_orientation_is_applied(
+    tmp_path: Path, orientation: int, size: tuple[int, int]
+) -> None:
+    """A 40x20 photo whose left half is red, right half blue, stored with an EXIF orientation."""
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(arr).save(path, quality=95, exif=exif)
+    img = load_rgb(path)
+    assert img.size == size
+    px = np.asarray(img).astype(int)
+    red_at = {1: (10, 5), 3: (10, 35), 6: (5, 10), 8: (35, 10)}[orientation]  # (row, col)
+    r, g, b = px[red_at]
+    assert r > 200 and b < 60, (orientation, px[red_at])
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's own, while decoding
+def test_damaged_exif_does_not_refuse_the_pixels(tmp_path: Path) -> None:
+    path = tmp_path / "bad_exif.jpg"
+    Image.new("RGB", (8, 6), (0, 128, 0)).save(path, exif=b"Exif\x00\x00II*\x00garbage")
+    assert load_rgb(path).size == (8, 6)

@@ -7,7 +7,9 @@ decoding any image, so samplers and splits never touch pixels.
 from __future__ import annotations
 
 import csv
+import io
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .io import IMAGE_EXTENSIONS, load_rgb
+from .io import IMAGE_EXTENSIONS, load_rgb, not_regular
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,25 @@ def scan_folder(root: str | Path) -> list[Sample]:
     """One class per top-level folder of ``root``; images may sit in nested sub-folders.
 
     ``BLA/0001-1000/BLA_00001.jpg`` is a BLA image. Hidden files and folders are ignored; files
-    are returned in sorted order.
+    are returned in sorted order. A symlinked class folder that leads back to ``root`` or one of
+    its parents (``LOOP -> .``) would repeat the other classes' images: it is skipped, with a
+    warning naming it. Symlinked folders below the class folders are not followed.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
     samples: list[Sample] = []
     empty: list[str] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    loops = [d for d in root.iterdir() if _loops_back(d, root)]
+    if loops:
+        warnings.warn(
+            f"{root}: skipped {len(loops)} folder symlink(s) leading back to the data folder or "
+            f"above it (not classes): {', '.join(sorted(d.name for d in loops)[:10])}",
+            stacklevel=2,
+        )
+    for class_dir in sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in loops
+    ):
         found = [Sample(p, class_dir.name) for p in walk_images(class_dir)]
         if not found:
             empty.append(class_dir.name)
@@ -92,6 +105,17 @@ def scan_folder(root: str | Path) -> list[Sample]:
     return samples
 
 
+def _loops_back(entry: Path, root: Path) -> bool:
+    """True when ``entry`` is a symlink to ``root`` itself or to a folder above it."""
+    if not entry.is_symlink():
+        return False
+    try:
+        target, top = entry.resolve(strict=True), root.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling or a loop of links: not a folder anyway
+        return False
+    return target == top or target in top.parents
+
+
 def read_manifest(manifest: str | Path) -> list[Sample]:
     """Read a CSV manifest with a header ``path,label[,group]``; paths are relative to the file."""
     manifest = Path(manifest)
@@ -99,7 +123,8 @@ def read_manifest(manifest: str | Path) -> list[Sample]:
         text = manifest.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DataError(f"manifest {manifest} cannot be read ({e.strerror or e})") from None
-    reader = csv.DictReader(text.splitlines())
+    # the csv module reads the whole text, so a quoted field may hold a newline
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip() for c in (reader.fieldnames or [])]
     missing = [c for c in ("path", "label") if c not in columns]
     unknown = [c for c in columns if c not in ("path", "label", "group")]
@@ -113,20 +138,28 @@ def read_manifest(manifest: str | Path) -> list[Sample]:
     base = manifest.parent
     samples: list[Sample] = []
     absent: list[str] = []
-    for line_no, row in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        if not row.get("path") or not row.get("label"):
-            raise DataError(f"manifest {manifest}, line {line_no}: empty path or label")
-        p = Path(row["path"])
-        p = p if p.is_absolute() else base / p
-        if not p.is_file():
-            absent.append(f"line {line_no}: {p}")
-        samples.append(Sample(str(p), row["label"], row.get("group") or None))
-    if absent:
-        shown = "; ".join(absent[:5]) + (f"; ... {len(absent) - 5} more" if len(absent) > 5 else "")
-        raise DataError(
-            f"manifest {manifest}: {len(absent)} row(s) point at missing files: {shown}"
-        )
+    irregular: list[str] = []
+    line_no = reader.line_num + 1  # first line of the next record
+    try:
+        for row in reader:
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            if not row.get("path") or not row.get("label"):
+                raise DataError(f"manifest {manifest}, line {line_no}: empty path or label")
+            p = Path(row["path"])
+            p = p if p.is_absolute() else base / p
+            kind = not_regular(p)
+            if kind is not None:
+                irregular.append(f"line {line_no}: {p} is {kind}")
+            elif not p.is_file():
+                absent.append(f"line {line_no}: {p}")
+            samples.append(Sample(str(p), row["label"], row.get("group") or None))
+            line_no = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"manifest {manifest}, line {line_no}: not valid CSV ({e})") from None
+    for problem, rows in (("are not regular files", irregular), ("point at missing files", absent)):
+        if rows:
+            shown = "; ".join(rows[:5]) + (f"; ... {len(rows) - 5} more" if len(rows) > 5 else "")
+            raise DataError(f"manifest {manifest}: {len(rows)} row(s) {problem}: {shown}")
     if not samples:
         raise DataError(f"manifest {manifest} has a header but no rows")
     return samples

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
 
@@ -46,12 +47,55 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+#: EXIF tag of the orientation in which the camera held the picture.
+EXIF_ORIENTATION = 0x0112
+
+
+def not_regular(path: str | Path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (``"a folder"``, ``"a FIFO"``,
+    ``"a device"``, ``"a socket"``); None for a regular file or a missing path. Symlinks are
+    followed. Reading a FIFO or ``/dev/zero`` as an image would block or never end."""
+    try:
+        mode = Path(path).stat().st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def exif_upright(img: Image.Image) -> Image.Image:
+    """``img`` turned the way its EXIF orientation tag says the camera was held (a phone photo
+    of a slide); unchanged when it has no such tag or the EXIF block cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data"
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is no reason to refuse the pixels
+        pass
+    return img
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Open, fully decode and convert ``path`` to RGB, or raise :class:`ImageDecodeError`.
 
-    The error names the file and the problem (empty file, not an image, truncated, too large).
+    The error names the file and the problem (empty file, not an image, truncated, too large,
+    not a regular file). The EXIF orientation, if any, is applied.
     """
     path = Path(path)
+    kind = not_regular(path)
+    if kind is not None:
+        raise ImageDecodeError(path, f"is not a regular file but {kind}")
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -70,7 +114,7 @@ def load_rgb(path: str | Path) -> Image.Image:
                         "crop single cells first",
                     )
                 img.load()
-                return to_rgb(img)
+                return to_rgb(exif_upright(img))
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

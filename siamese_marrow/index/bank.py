@@ -45,7 +45,7 @@ from ..errors import BankError, CheckpointError
 from ..models import SiameseNet
 from ..models.checkpoint import LoadedRun, load_run
 from ..models.embed import embed_paths
-from ..utils import fsync_dir, sha256_file, umask
+from ..utils import fsync_dir, naming, sha256_file, umask
 from .faiss_index import FaissIndex, RemoveUnsupported
 
 FORMAT = "siamese-marrow-anchor-bank"
@@ -438,7 +438,7 @@ def recover(target: Path) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with naming(path), open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 
 from ..errors import FaissIndexError, IndexTrainingError, RemoveUnsupported
-from ..utils import atomic_path
+from ..utils import atomic_write_bytes
 
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
@@ -219,8 +219,8 @@ class FaissIndex:
     # --- files ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` atomically (temporary file, fsync, rename)."""
-        with atomic_path(path) as tmp:
-            faiss.write_index(self.index, str(tmp))
+        # serialised in memory, written by Python: a full disk is an OSError naming the file
+        atomic_write_bytes(path, faiss.serialize_index(self.index).tobytes())
 
     @classmethod
     def load(cls, path: str | Path, factory: str = "", metric: str | None = None) -> FaissIndex:

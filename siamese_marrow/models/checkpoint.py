@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..config import Config, config_from_dict, save_config
 from ..errors import CheckpointError, ConfigError
-from ..utils import atomic_path, atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from ..utils import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 from .siamese import SiameseNet, build_model
 
 
@@ -55,8 +56,8 @@ def save_checkpoint(
     atomic_write_json(run / "classes.json", list(classes))
     weights = run / f"{name}.safetensors"
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(staged(weights)) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    # serialised in memory, written by Python: a full disk is an OSError naming the file
+    atomic_write_bytes(staged(weights), safetensors_bytes(tensors, metadata={"format": "pt"}))
     record: dict[str, Any] = dict(meta or {})
     record["weights"] = weights.name
     record["weights_sha256"] = sha256_file(staged(weights))

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from ..data.classes import MATEK_CLASSES
 from ..errors import DataError
-from ..utils import atomic_path
+from ..utils import atomic_path, printable
 
 #: Resolution of every saved figure.
 DPI = 110
@@ -68,7 +68,7 @@ def confusion_matrix_png(metrics: dict[str, Any], out: str | Path) -> Path:
     ``abst.`` column shows their share, so every row still sums to 100.
     """
     _check_metrics(metrics, "confusion_matrix", "classes")
-    classes = [str(c) for c in metrics["classes"]]
+    classes = [printable(c) for c in metrics["classes"]]
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64).reshape(len(classes), -1)
     n = len(classes)
     support = _supports(metrics, cm)
@@ -126,7 +126,7 @@ def confusion_matrix_png(metrics: dict[str, Any], out: str | Path) -> Path:
 
 def _class_label(code: str) -> str:
     known = MATEK_CLASSES.get(code)
-    return f"{code} ({known[0]})" if known else code
+    return f"{code} ({known[0]})" if known else printable(code)
 
 
 def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from ..data.io import load_rgb
 from ..errors import DataError
+from ..utils import printable
 from .figures import _no_data, _number, _save
 
 #: Anchors shown per mistake in :func:`mistakes_gallery_png`.
@@ -47,7 +48,7 @@ def _show_image(ax: Any, path: Any) -> bool:
 
 
 def _short_name(path: Any, width: int = 26) -> str:
-    name = Path(str(path)).name if path else "?"
+    name = printable(Path(str(path)).name) if path else "?"
     return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
@@ -83,7 +84,7 @@ def mistakes_gallery_png(
     for row, m in zip(axes, items, strict=False):
         for ax in row:
             ax.axis("off")
-        true, pred = str(m.get("true", "?")), str(m.get("predicted", "?"))
+        true, pred = printable(m.get("true", "?")), printable(m.get("predicted", "?"))
         conf = _number(m.get("confidence"))
         q = row[0]
         q.axis("on")
@@ -99,7 +100,7 @@ def mistakes_gallery_png(
         for ax, a in zip(row[1:], (m.get("anchors") or [])[:MAX_ANCHORS], strict=False):
             ax.axis("on")
             _show_image(ax, a.get("path"))
-            label = str(a.get("label", "?"))
+            label = printable(a.get("label", "?"))
             colour = "#a00000" if label == pred else "#006400" if label == true else "black"
             pp, sim = _number(a.get("pair_probability")), _number(a.get("similarity"))
             parts = [label]
@@ -132,7 +133,7 @@ def neighbours_gallery_png(
     panels = [(str(query_path), "query")] + [
         (
             nb["path"],
-            f"{nb['label']}\ncos {nb['similarity']:.3f}  p {nb['pair_probability']:.3f}",
+            f"{printable(nb['label'])}\ncos {nb['similarity']:.3f}  p {nb['pair_probability']:.3f}",
         )
         for nb in neighbours
     ]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.classes import MATEK_CLASSES
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, printable
 
 #: The four figures always reported together (accuracy alone flatters imbalanced data).
 HEADLINE_COLUMNS = (
@@ -351,5 +351,5 @@ def write_report(
         retrieval=retrieval,
         extra_tables=extra_tables,
     )
-    atomic_write_text(out_html, text)
+    atomic_write_text(out_html, printable(text))  # valid UTF-8 even for non-UTF-8 file names
     return out_html
