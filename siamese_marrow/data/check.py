@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageDecodeError
-from .datasets import Sample
+from .datasets import Sample, load_samples
 from .io import load_rgb
 
 
@@ -69,3 +71,22 @@ def validate_samples(
         )
     bad_paths = {b.path for b in bad}
     return [s for s in samples if s.path not in bad_paths], bad
+
+
+def check_data(
+    data: str | os.PathLike, workers: int | None = None, progress: bool = True
+) -> tuple[dict[str, Any], list[BadImage]]:
+    """Decode every image of ``data`` (folder or CSV) once: a JSON-able report (images, bad files,
+    images per class, single-image classes) and the bad images. ``workers`` default: up to 4."""
+    samples = load_samples(data)
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    bad = find_bad_images(samples, workers=workers, progress=progress)
+    counts = Counter(s.label for s in samples)
+    report = {
+        "data": str(data),
+        "images": len(samples),
+        "bad": [b.__dict__ for b in bad],
+        "classes": dict(sorted(counts.items())),
+        "single_image_classes": sorted(c for c, n in counts.items() if n == 1),
+    }
+    return report, bad
