@@ -148,6 +148,7 @@ class AnchorBank:
             raise BankError("no images to add")
         paths = [str(Path(p).absolute()) for p in paths]
         self._check_new_paths(paths)
+        _check_labels(labels)  # before the embedding work
         emb, _ = embed_paths(self.model, paths, batch_size, num_workers, progress, desc="bank")
         return self.add_embeddings(emb, paths, labels)
 
@@ -176,10 +177,7 @@ class AnchorBank:
         if n and not np.allclose(norms, 1.0, atol=1e-3):
             raise ValueError(f"add_embeddings: rows must be unit-norm (norms {norms.min():.4f}..)")
         self._check_new_paths(paths)
-        try:
-            check_labels(set(labels), "bank")
-        except DataError as e:
-            raise BankError(str(e)) from None
+        _check_labels(labels)
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.index.add(emb, ids)  # an untrained (IVF/PQ) index is empty: it trains on these
         self.embeddings = np.concatenate([self.embeddings, emb])
@@ -321,6 +319,13 @@ class AnchorBank:
                 f"the {len(emb)} anchors; rebuild the bank"
             )
         return bank
+
+
+def _check_labels(labels: Sequence[str]) -> None:
+    try:
+        check_labels(set(labels), "bank")
+    except DataError as e:
+        raise BankError(str(e)) from None
 
 
 def check_target(target: Path, replace: bool) -> None:

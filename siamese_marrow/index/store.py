@@ -137,7 +137,8 @@ class Snapshot:
 
 
 class _Vanished(Exception):
-    """The folder being read was deleted or replaced by a writer: read again."""
+    """The folder being read was deleted or replaced by a writer: read again. The message says
+    what was seen, for the error raised when it never settles."""
 
 
 def read_snapshot(
@@ -150,18 +151,20 @@ def read_snapshot(
     verified against the sha256 the manifest records for it."""
     target = Path(directory).absolute()
     backup = backup_of(target)
+    seen = "it kept changing while it was read"
     for _ in range(READ_ATTEMPTS):
         for candidate in (target, backup):
             try:
                 snap = _read_once(candidate, names, check, backup)
-            except _Vanished:
+            except _Vanished as e:
+                seen = str(e) or seen
                 continue
             if snap is not None:
                 return snap
         if not target.exists() and not backup.exists():
             check(target / MANIFEST, None)
         time.sleep(0.02)
-    raise BankError(f"{target} kept changing while it was read; try again")
+    raise BankError(f"the bank {target} cannot be read: {seen}")
 
 
 def _read_once(
@@ -181,8 +184,8 @@ def _read_once(
     try:
         blob = _read_at(fd, MANIFEST)
         if blob is None:
-            if not _still_at(fd, directory):
-                raise _Vanished()
+            if directory == backup or not _still_at(fd, directory):
+                raise _Vanished()  # a writer is deleting the backup, or moved the bank away
             if directory != backup and not backup.exists():
                 check(directory / MANIFEST, None)  # raises: not a bank
             return None
@@ -195,12 +198,12 @@ def _read_once(
         for name in names:
             content = _read_at(fd, name)
             expected = manifest["files"].get(name)
-            if content is None and not _still_at(fd, directory):
-                raise _Vanished()  # a writer is deleting the backup we opened
             if content is None or expected is None:
-                raise BankError(
-                    f"{directory / name} is missing; the bank {directory} is incomplete, rebuild it"
-                )
+                problem = f"{directory / name} is missing; the bank is incomplete, rebuild it"
+                # a backup is complete or being deleted by a writer; so is a bank moved away
+                if content is None and (directory == backup or not _still_at(fd, directory)):
+                    raise _Vanished(problem)
+                raise BankError(problem)
             if hashlib.sha256(content).hexdigest() != expected:
                 raise BankError(
                     f"{directory / name} does not match the sha256 recorded in "
