@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .utils import brief, load_yaml
+from .utils import brief, coerce_value, load_yaml
 
 FREEZE_PATTERN = re.compile(r"^(none|all|last-\d+)$")
 
@@ -116,6 +114,10 @@ class AugmentConfig:
     contrast: float = 0.15
     saturation: float = 0.15
     hue: float = 0.03
+    # Stain jitter in optical-density (HED) space: each stain scaled by 1 +- stain (0 = off).
+    stain: float = 0.0
+    # Probability of a mild Gaussian blur (focus variation; 0 = off).
+    blur: float = 0.0
 
 
 @dataclass
@@ -139,6 +141,11 @@ class TrainConfig:
     # Loss weights: binary cross-entropy of each gate, and consensus cross-entropy of g.
     bce_weight: float = 1.0
     consensus_weight: float = 1.0
+    # Weight of a class-level loss on the embedding: a cosine classifier over the training
+    # classes (normalised softmax with one learned proxy per class; 0 = off). Training only.
+    proxy_weight: float = 0.0
+    # Temperature of that cosine classifier (smaller = sharper).
+    proxy_temperature: float = 0.05
     # Stop after this many epochs without improvement of the validation balanced accuracy (0 = off).
     early_stop_patience: int = 0
     # Seed of the sampler, the augmentation and the weight initialisation.
@@ -199,55 +206,6 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-def _check_value(where: str, tp: Any, value: Any) -> Any:
-    """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        last: ConfigError | None = None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_value(where, a, value)
-            except ConfigError as e:
-                last = e
-        assert last is not None
-        raise last
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in (s.strip() for s in value.split(",")) if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {brief(value)}")
-        return [_check_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true or false, got {brief(value)}")
-    if tp in (int, float):  # int("1.5") fails, so "train.epochs=1.5" is refused
-        kind = "an integer" if tp is int else "a number"
-        accepted = (int, str) if tp is int else (int, float, str)
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            raise ConfigError(f"{where}: expected {kind}, got {brief(value)}")
-        try:
-            number = tp(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected {kind}, got {brief(value)}") from None
-        if tp is float and not math.isfinite(number):
-            raise ConfigError(f"{where}: expected a finite number, got {brief(value)}")
-        return number
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {brief(value)}")
-        return str(value)
-    raise TypeError(f"unsupported config type {tp} at {where}")  # a bug in this module
-
-
 def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
     hints = typing.get_type_hints(type(obj))
     fields = {f.name: f for f in dataclasses.fields(obj)}
@@ -264,7 +222,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
         if dataclasses.is_dataclass(current):
             _apply(current, value, name)
             continue
-        value = _check_value(name, hints[key], value)
+        value = coerce_value(name, hints[key], value)
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{name}: {brief(value)} is not one of {', '.join(choices)}")
@@ -300,6 +258,8 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "contrast": (0, False),
         "saturation": (0, False),
         "hue": (0, False),
+        "stain": (0, False),
+        "blur": (0, False),
     },
     TrainConfig: {
         "epochs": (1, False),
@@ -310,6 +270,8 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "grad_clip": (0, False),
         "bce_weight": (0, False),
         "consensus_weight": (0, False),
+        "proxy_weight": (0, False),
+        "proxy_temperature": (0, True),
         "early_stop_patience": (0, False),
         "seed": (0, False),
         "threads": (0, False),
@@ -323,7 +285,13 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
 #: Highest allowed value of numeric fields: (bound, strict). Fields not listed have no upper bound.
 _UPPER_BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
     ModelConfig: {"drop_rate": (1, True)},
-    AugmentConfig: {"scale_min": (1, False), "scale_max": (1, False), "hue": (0.5, False)},
+    AugmentConfig: {
+        "scale_min": (1, False),
+        "scale_max": (1, False),
+        "hue": (0.5, False),
+        "stain": (1, False),
+        "blur": (1, False),
+    },
     BankConfig: {"abstain_below": (1, False)},
 }
 

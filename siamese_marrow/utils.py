@@ -12,6 +12,8 @@ import math
 import os
 import reprlib
 import tempfile
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -243,6 +245,56 @@ def refuse_overwriting_inputs(output: str | Path | None, inputs: Iterable[str | 
             raise ConfigError(
                 f"{brief(str(output))} is one of the input images; write the output elsewhere"
             )
+
+
+def coerce_value(where: str, tp: Any, value: Any) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` (bool, int, float, str, ``list[...]``,
+    ``X | None``) or raise :class:`ConfigError` naming ``where``: the typed config's checks."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last: ConfigError | None = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce_value(where, a, value)
+            except ConfigError as e:
+                last = e
+        assert last is not None
+        raise last
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {brief(value)}")
+        return [coerce_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {brief(value)}")
+    if tp in (int, float):  # int("1.5") fails, so "train.epochs=1.5" is refused
+        kind = "an integer" if tp is int else "a number"
+        accepted = (int, str) if tp is int else (int, float, str)
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(f"{where}: expected {kind}, got {brief(value)}")
+        try:
+            number = tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {kind}, got {brief(value)}") from None
+        if tp is float and not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {brief(value)}")
+        return number
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {brief(value)}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} at {where}")  # a bug in this module
 
 
 # --- YAML with bounded alias expansion (config files and --set values) ---------------------

@@ -245,6 +245,26 @@ class CellDataset(Dataset):
         return img, self.targets[i]
 
 
+class SeededAugDataset(Dataset):
+    """Wraps a CellDataset; items are requested as ``(index, seed)`` and the augmentation of that
+    item runs under that seed, independently of worker processes and of the global RNG."""
+
+    def __init__(self, base: CellDataset, transform: Any) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item
+        img = self.base.load(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x = self.transform(img)
+        return x, self.base.targets[index]
+
+
 def collate_images(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = zip(*batch, strict=True)
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ..config import SamplerConfig
 from ..errors import ConfigError
 
 WEIGHTINGS = ("uniform", "sqrt", "frequency")
@@ -73,6 +74,29 @@ class PKBatchSampler:
         self.global_batches = int(np.ceil(batches_per_epoch / world_size)) * world_size
         self.epoch = 0
         self.start_batch = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        labels: Sequence[int],
+        cfg: SamplerConfig,
+        seed: int = 0,
+        class_names: Sequence[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> PKBatchSampler:
+        """The sampler a config's ``sampler`` section describes."""
+        return cls(
+            labels,
+            cfg.p_classes,
+            cfg.k_per_class,
+            cfg.batches_per_epoch,
+            cfg.class_weighting,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            class_names=class_names,
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch (its batches are a function of seed and epoch) and, for resuming,

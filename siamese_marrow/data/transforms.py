@@ -29,6 +29,33 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
 
+#: Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB) as rows, as in scikit-image's
+#: ``rgb_from_hed``: optical density in RGB of one unit of each stain.
+RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
+)
+
+
+class StainJitter(torch.nn.Module):
+    """Random stain variation in optical-density space (Tellez et al. 2018, "HED jitter"): the
+    image ``(3, H, W)`` in [0, 1] is unmixed into three stain concentrations, each is scaled by
+    ``1 + U(-sigma, sigma)`` and shifted by ``U(-sigma, sigma)`` / 10, and mixed back."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = float(sigma)
+        self.register_buffer("rgb_from_hed", RGB_FROM_HED.clone(), persistent=False)
+        self.register_buffer("hed_from_rgb", torch.linalg.inv(RGB_FROM_HED), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        od = -torch.log(x.clamp(min=1e-6))  # (3, H, W)
+        hed = torch.einsum("chw,cd->dhw", od, self.hed_from_rgb)
+        scale = 1 + (torch.rand(3, 1, 1) * 2 - 1) * self.sigma
+        shift = (torch.rand(3, 1, 1) * 2 - 1) * self.sigma / 10
+        od = torch.einsum("dhw,dc->chw", hed * scale + shift, self.rgb_from_hed)
+        return torch.exp(-od).clamp(0, 1)
+
+
 def eval_transform(spec: DataSpec) -> Callable[[Any], torch.Tensor]:
     """Resize the whole crop to the model's side (cells are centred; nothing is cut away)."""
     return T.Compose(
@@ -41,7 +68,8 @@ def eval_transform(spec: DataSpec) -> Callable[[Any], torch.Tensor]:
 
 
 def train_transform(spec: DataSpec, aug: AugmentConfig) -> Callable[[Any], torch.Tensor]:
-    """Mild scale, flips, 90-degree rotations and colour jitter for stain variation."""
+    """Mild scale, flips and 90-degree rotations (together every view of the dihedral group),
+    colour jitter, stain jitter and blur for stain and focus variation."""
     ops: list[Any] = [
         T.RandomResizedCrop(
             spec.img_size, scale=(aug.scale_min, aug.scale_max), ratio=(0.9, 1.1), antialias=True
@@ -51,7 +79,12 @@ def train_transform(spec: DataSpec, aug: AugmentConfig) -> Callable[[Any], torch
         ops += [T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
     if any(v > 0 for v in (aug.brightness, aug.contrast, aug.saturation, aug.hue)):
         ops.append(T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue))
-    ops += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    if aug.blur > 0:
+        ops.append(T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.2))], p=aug.blur))
+    ops.append(T.ToTensor())
+    if aug.stain > 0:
+        ops.append(StainJitter(aug.stain))
+    ops.append(T.Normalize(spec.mean, spec.std))
     if aug.rot90:
         ops.append(RandomRot90())
     return T.Compose(ops)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.pairs import balanced_pairs
 from ..models import SiameseNet
@@ -60,3 +63,26 @@ def siamese_loss(
         "pairs": int(target.numel()),
     }
     return loss, parts
+
+
+class ProxyLoss(nn.Module):
+    """Class-level loss on the embedding: a cosine (normalised-softmax) classifier over the
+    training classes, ``CE(softmax(cos(f, w_c) / temperature))`` (NormFace; pytorch-metric-
+    learning's ``NormalizedSoftmaxLoss``). One learned proxy ``w_c`` per class pulls each class's
+    embeddings together and pushes the classes apart with the whole batch as negatives, which
+    pairs alone do not. Used only in training: the proxies are not part of the model.
+    """
+
+    def __init__(self, num_classes: int, dim: int, temperature: float = 0.05) -> None:
+        super().__init__()
+        if num_classes < 2 or dim < 1 or not temperature > 0:
+            raise ValueError(f"ProxyLoss({num_classes}, {dim}, temperature={temperature})")
+        self.proxies = nn.Parameter(torch.randn(num_classes, dim) / math.sqrt(dim))
+        self.temperature = temperature
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb (N, D)`` unit-norm -> ``(N, C)`` cosine / temperature."""
+        return emb @ F.normalize(self.proxies, dim=-1).T / self.temperature
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.logits(emb), labels)

@@ -9,7 +9,6 @@ and RNG are restored, and because every batch's augmentation and every step's RN
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..data.datasets import CellDataset, collate_images
+from ..data.datasets import CellDataset, SeededAugDataset, collate_images
 from ..data.prepare import PreparedData, prepare_data, synth_dir_of
 from ..data.sampler import PKBatchSampler
 from ..data.transforms import eval_transform, train_transform
@@ -30,64 +29,11 @@ from ..index.faiss_index import FaissIndex
 from ..models import SiameseNet, build_model
 from ..models.checkpoint import load_train_state, read_meta, save_checkpoint
 from ..utils import atomic_write_text, resolve_device
-from .losses import siamese_loss
+from .losses import ProxyLoss, siamese_loss
 from .metrics import headline
+from .optim import build_optimizer, cosine_with_warmup
 from .runs import check_run_folder, clear_run_files, run_lock
 from .validation import cap_per_class, frozen_probe, validate
-
-
-class SeededAugDataset(Dataset):
-    """Wraps a CellDataset; items are requested as ``(index, seed)`` and the augmentation of that
-    item runs under that seed, independently of worker processes and of the global RNG."""
-
-    def __init__(self, base: CellDataset, transform: Any) -> None:
-        self.base = base
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = item
-        img = self.base.load(index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            x = self.transform(img)
-        return x, self.base.targets[index]
-
-
-def cosine_with_warmup(warmup: int, total: int):  # noqa: ANN201
-    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def build_optimizer(model: SiameseNet, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW; the backbone at ``backbone_lr``, projection and heads at ``lr``; no decay on 1-D
-    parameters (biases, norms, the temperature)."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_backbone = name.startswith("backbone.model.")
-        groups.setdefault((is_backbone, p.ndim <= 1), []).append(p)
-    tc = cfg.train
-    return torch.optim.AdamW(
-        [
-            {
-                "params": params,
-                "lr": tc.backbone_lr if is_backbone else tc.lr,
-                "weight_decay": 0.0 if no_decay else tc.weight_decay,
-            }
-            for (is_backbone, no_decay), params in sorted(groups.items())
-        ]
-    )
 
 
 @dataclass
@@ -120,10 +66,11 @@ class _Job:
     sampler: PKBatchSampler
     loader_ds: SeededAugDataset
     anchor_ds: CellDataset
-    val_ds: CellDataset
+    val_ds: CellDataset | None  # None: no validation split (the last epoch is the model)
     state: TrainState
     summary: dict[str, Any]
     progress: bool
+    proxy_loss: ProxyLoss | None = None
 
     @property
     def log_path(self) -> Path:
@@ -135,6 +82,11 @@ def _check_request(cfg: Config) -> None:
         raise ConfigError(
             f"sampler.k_per_class={cfg.sampler.k_per_class}: training needs K >= 2 so every class "
             "in a batch has a similar pair (a one-image class repeats as augmented views)"
+        )
+    if cfg.data.val_fraction == 0 and cfg.train.early_stop_patience:
+        raise ConfigError(
+            f"train.early_stop_patience={cfg.train.early_stop_patience} needs a validation split; "
+            "data.val_fraction is 0 (the model is the last epoch's): set one or turn it off"
         )
 
 
@@ -160,23 +112,20 @@ def _set_up(
         check_run_folder(out, force)  # again under the lock: another run may have finished here
         clear_run_files(out)
     data = prepare_data(cfg.data, synth_dir=synth_dir_of(out), progress=progress)
-    if not data.val:
-        raise ConfigError("data.val_fraction is 0: training needs a validation split")
+    proxy = (
+        ProxyLoss(len(data.classes), model.dim, tc.proxy_temperature) if tc.proxy_weight else None
+    )
     if resume:
         weights, saved = load_train_state(out, "last")
         model.load_state_dict(weights, strict=True)
+        if proxy is not None:
+            proxy.load_state_dict(saved["proxy_loss"])
     model.to(device)
-    optimizer = build_optimizer(model, cfg)
+    if proxy is not None:
+        proxy.to(device)
+    optimizer = build_optimizer(model, cfg, proxy)
     train_ds = CellDataset(data.train, data.classes)
-    sampler = PKBatchSampler(
-        train_ds.get_labels(),
-        cfg.sampler.p_classes,
-        cfg.sampler.k_per_class,
-        cfg.sampler.batches_per_epoch,
-        cfg.sampler.class_weighting,
-        seed=tc.seed,
-        class_names=data.classes,
-    )
+    sampler = PKBatchSampler.from_config(train_ds.get_labels(), cfg.sampler, tc.seed, data.classes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(tc.warmup_steps, tc.epochs * len(sampler))
     )
@@ -192,6 +141,7 @@ def _set_up(
         "classes": data.classes,
         "n_train": len(data.train),
         "n_val": len(data.val),
+        "n_test": len(data.test),
         "trainable_backbone_params": n_trainable,
         "steps_per_epoch": len(sampler),
         "device": device,
@@ -209,10 +159,11 @@ def _set_up(
         CellDataset(
             cap_per_class(data.train, tc.val_anchors_per_class, tc.seed), data.classes, eval_tf
         ),
-        CellDataset(data.val, data.classes, eval_tf),
+        CellDataset(data.val, data.classes, eval_tf) if data.val else None,
         state,
         summary,
         progress,
+        proxy,
     )
 
 
@@ -230,7 +181,8 @@ def _open_run_folder(job: _Job, resume: bool) -> None:
             json.dumps([b.__dict__ for b in data.bad], indent=2)
         )
     probe_path = out / "baseline_probe.json"
-    if job.cfg.train.baseline_probe and not probe_path.is_file():
+    has_held_out = bool(data.val or data.test)
+    if job.cfg.train.baseline_probe and has_held_out and not probe_path.is_file():
         probe = frozen_probe(data, job.cfg, job.device)
         probe_path.write_text(json.dumps(probe, indent=2))
     if probe_path.is_file():
@@ -257,6 +209,8 @@ def _checkpoint(job: _Job, name: str, meta: dict[str, Any], with_state: bool) ->
             "scheduler": job.scheduler.state_dict(),
             "state_json": json.dumps(job.state.__dict__),
         }
+        if job.proxy_loss is not None:
+            train_state["proxy_loss"] = job.proxy_loss.state_dict()
     save_checkpoint(
         job.out, name, job.model, job.cfg, job.data.classes, meta=meta, train_state=train_state
     )
@@ -282,6 +236,11 @@ def _step(job: _Job, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, 
         job.cfg.sampler.hard_negatives,
         gen,
     )
+    if job.proxy_loss is not None:
+        proxy = job.proxy_loss(emb, y)
+        loss = loss + tc.proxy_weight * proxy
+        parts["proxy_ce"] = float(proxy.detach())
+        parts["loss"] = float(loss.detach())
     if not torch.isfinite(loss):
         raise TrainingError(
             f"the loss became {float(loss.detach())} at epoch {epoch + 1}, "
@@ -292,7 +251,10 @@ def _step(job: _Job, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, 
     job.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if tc.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        params = list(model.parameters())
+        if job.proxy_loss is not None:
+            params += list(job.proxy_loss.parameters())
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
     job.optimizer.step()
     job.scheduler.step()
     state.step += 1
@@ -338,11 +300,15 @@ def _train_epoch(job: _Job, epoch: int) -> tuple[dict[str, float], int]:
 def _end_epoch(
     job: _Job, epoch: int, sums: dict[str, float], n_batches: int, t_epoch: float
 ) -> bool:
-    """Validate, log, keep the best and last checkpoints; True when early stopping ends the run."""
+    """Validate, log, keep the best and last checkpoints; True when early stopping ends the run.
+    Without a validation split, "best" is the last epoch's model, written when training ends."""
     state, model, sampler = job.state, job.model, job.sampler
     train_time = time.perf_counter() - t_epoch
-    val = validate(model, job.anchor_ds, job.val_ds, job.cfg, job.device)
-    val_metrics = val.pop("val_metrics")
+    val: dict[str, Any] = {}
+    val_metrics = None
+    if job.val_ds is not None:
+        val = validate(model, job.anchor_ds, job.val_ds, job.cfg, job.device)
+        val_metrics = val.pop("val_metrics")
     record = {
         "epoch": epoch + 1,
         "step": state.step,
@@ -356,27 +322,36 @@ def _end_epoch(
     }
     state.epoch += 1
     state.batch = 0
-    improved = val["val_balanced_accuracy"] > state.best
-    if improved:
-        state.best, state.best_epoch, state.bad_epochs = val["val_balanced_accuracy"], epoch + 1, 0
+    if val_metrics is None:
+        improved = state.epoch == job.cfg.train.epochs
+        if improved:
+            state.best_epoch = epoch + 1
     else:
-        state.bad_epochs += 1
+        improved = val["val_balanced_accuracy"] > state.best
+        if improved:
+            state.best, state.best_epoch = val["val_balanced_accuracy"], epoch + 1
+            state.bad_epochs = 0
+        else:
+            state.bad_epochs += 1
     state.history.append(record)
     _log(job.log_path, record)
     if job.progress:
-        tqdm.write(
-            f"epoch {epoch + 1}: loss {record.get('train_loss', 0):.4f} "
-            f"val bal.acc {val['val_balanced_accuracy']:.4f} acc {val['val_accuracy']:.4f} "
+        shown = (
+            f" val bal.acc {val['val_balanced_accuracy']:.4f} acc {val['val_accuracy']:.4f} "
             f"pair AUC {val.get('val_pair_auc', float('nan')):.4f}"
+            if val
+            else ""
         )
-    meta = {
-        "epoch": epoch + 1,
-        "step": state.step,
-        "val": headline(val_metrics) | {"pair_auc": val.get("val_pair_auc")},
-    }
+        tqdm.write(f"epoch {epoch + 1}: loss {record.get('train_loss', 0):.4f}{shown}")
+    meta: dict[str, Any] = {"epoch": epoch + 1, "step": state.step}
+    if val_metrics is not None:
+        meta["val"] = headline(val_metrics) | {"pair_auc": val.get("val_pair_auc")}
+    else:
+        meta["selected"] = "the last epoch (no validation split)"
     if improved:
         _checkpoint(job, "best", meta, with_state=False)
-        (job.out / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
+        if val_metrics is not None:
+            (job.out / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
     _checkpoint(job, "last", meta, with_state=True)
     patience = job.cfg.train.early_stop_patience
     return bool(patience and state.bad_epochs >= patience)

@@ -66,7 +66,8 @@ def validate(
 
 def frozen_probe(data: PreparedData, cfg: Config, device: str) -> dict[str, Any]:
     """Logistic regression on the frozen pretrained features of the same backbone (no projection),
-    trained on the training split, scored on the validation split."""
+    trained on the training split, scored on the validation split (on the test split when there
+    is no validation split: the probe chooses nothing, so it may see the test images)."""
     bb = (
         create_backbone(
             cfg.model.backbone, cfg.model.pretrained, embed_dim=0, img_size=cfg.model.img_size
@@ -78,5 +79,7 @@ def frozen_probe(data: PreparedData, cfg: Config, device: str) -> dict[str, Any]
     kw = dict(batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers, device=device)
 
     xtr, ytr = embed_dataset(bb, CellDataset(data.train, data.classes, tf), desc="probe", **kw)
-    xva, yva = embed_dataset(bb, CellDataset(data.val, data.classes, tf), desc="probe", **kw)
-    return logistic_probe(xtr, ytr, xva, yva, data.classes, seed=cfg.train.seed)
+    held, split = (data.val, "val") if data.val else (data.test, "test")
+    xva, yva = embed_dataset(bb, CellDataset(held, data.classes, tf), desc="probe", **kw)
+    out = logistic_probe(xtr, ytr, xva, yva, data.classes, seed=cfg.train.seed)
+    return {**out, "scored_on": split}

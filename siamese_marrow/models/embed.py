@@ -1,4 +1,9 @@
-"""Batched embedding of a dataset or of image files (no augmentation), with a timing breakdown."""
+"""Batched embedding of a dataset or of image files, with a timing breakdown.
+
+No augmentation by default; ``tta=True`` embeds each image as the mean of the embeddings of its 8
+views under the dihedral group (4 rotations by 90 degrees, each also mirrored), renormalised:
+cells have no up or left, so the mean is invariant to how the slide was turned.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,25 @@ from .backbone import Backbone
 from .siamese import SiameseNet
 
 
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 images of ``x (B, C, H, W)`` under the dihedral group D4 (``x`` itself first)."""
+    views = []
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(-2, -1)) if k else x
+        views += [r, torch.flip(r, dims=(-1,))]
+    return views
+
+
+def embed_batch(model: SiameseNet | Backbone, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """``(B, 3, H, W) -> (B, D)`` unit-norm embeddings; with ``tta`` the renormalised mean over
+    the 8 dihedral views (one forward pass of ``8 B`` images)."""
+    if not tta:
+        return model.embed(x)
+    views = torch.cat(dihedral_views(x))
+    emb = model.embed(views).float().reshape(8, len(x), -1).mean(0)
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
 @torch.no_grad()
 def embed_dataset(
     model: SiameseNet | Backbone,
@@ -30,8 +54,10 @@ def embed_dataset(
     progress: bool = False,
     desc: str = "embed",
     timing: dict[str, float] | None = None,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings ``(N, D)`` float32 and labels ``(N,)`` int64 of every item, in dataset order.
+    """Embeddings ``(N, D)`` float32 and labels ``(N,)`` int64 of every item, in dataset order
+    (``tta``: each the mean over its 8 dihedral views, :func:`embed_batch`).
 
     ``device`` defaults to the model's. When ``timing`` is given it receives ``load_s`` (decode
     and transform, waiting for the loader), ``backbone_s`` (``model.embed`` only) and ``total_s``.
@@ -53,7 +79,7 @@ def embed_dataset(
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
         t1 = time.perf_counter()
         load += t1 - t
-        feats.append(model.embed(x.to(device)).float().cpu())
+        feats.append(embed_batch(model, x.to(device), tta).float().cpu())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         labels.append(y)
@@ -93,13 +119,15 @@ def embed_paths(
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "embed",
+    tta: bool = False,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Embeddings ``(N, D)`` float32 of image files (no augmentation) and a timing breakdown:
-    ``backbone_s`` (``model.embed`` only), ``load_s`` (decode + transform) and ``total_s``."""
+    """Embeddings ``(N, D)`` float32 of image files (``tta``: mean over the 8 dihedral views)
+    and a timing breakdown: ``backbone_s`` (``model.embed`` only), ``load_s`` (decode +
+    transform) and ``total_s``."""
     timing: dict[str, float] = {}
     ds = _ImageDataset([str(p) for p in paths], eval_transform(model.backbone.spec))
     emb, _ = embed_dataset(
-        model, ds, batch_size, num_workers, progress=progress, desc=desc, timing=timing
+        model, ds, batch_size, num_workers, progress=progress, desc=desc, timing=timing, tta=tta
     )
     return emb.astype(np.float32, copy=False), timing
 
@@ -108,9 +136,11 @@ def embed_images(
     model: SiameseNet,
     images: Sequence[ImageLike] | torch.Tensor,
     batch_size: int = 64,
+    tta: bool = False,
 ) -> np.ndarray:
     """Embeddings ``(N, D)`` float32, unit norm, of image files, PIL images (any mode; decoded
-    and resized as for evaluation) or a preprocessed tensor ``(N, 3, H, W)``."""
+    and resized as for evaluation) or a preprocessed tensor ``(N, 3, H, W)`` (``tta``: mean over
+    the 8 dihedral views)."""
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected a tensor (N, 3, H, W), got {tuple(images.shape)}")
@@ -119,11 +149,11 @@ def embed_images(
         model.eval()
         with torch.no_grad():
             out = [
-                model.embed(images[i : i + batch_size].to(device)).float().cpu()
+                embed_batch(model, images[i : i + batch_size].to(device), tta).float().cpu()
                 for i in range(0, len(images), batch_size)
             ]
         model.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, model.dim), np.float32)
     ds = _ImageDataset(list(images), eval_transform(model.backbone.spec))
-    emb, _ = embed_dataset(model, ds, batch_size)
+    emb, _ = embed_dataset(model, ds, batch_size, tta=tta)
     return emb.astype(np.float32, copy=False)
