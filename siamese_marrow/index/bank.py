@@ -312,16 +312,7 @@ class AnchorBank:
             if not (target / MANIFEST).is_file() and (_backup_of(target) / MANIFEST).is_file():
                 target = _backup_of(target)
         manifest = read_manifest(target)
-        for name in BANK_FILES:
-            path = target / name
-            expected = manifest["files"].get(name)
-            if not path.is_file() or expected is None:
-                raise BankError(f"{path} is missing; the bank {target} is incomplete, rebuild it")
-            if sha256_file(path) != expected:
-                raise BankError(
-                    f"{path} does not match the sha256 recorded in {target / MANIFEST} "
-                    "(damaged or tampered); rebuild the bank or restore the file"
-                )
+        _check_files(manifest, target)  # every file there, with the sha256 of the manifest
         if loaded_run is None:
             run_dir = Path(run) if run is not None else Path(manifest["run"])
             name = checkpoint or manifest["checkpoint"]
@@ -400,6 +391,18 @@ def read_manifest(target: Path) -> dict[str, Any]:
     if missing:
         raise BankError(f"{path} lacks {', '.join(missing)}; rebuild the bank")
     return manifest
+
+
+def _check_files(manifest: dict[str, Any], target: Path) -> None:
+    for name in BANK_FILES:
+        path, expected = target / name, manifest["files"].get(name)
+        if not path.is_file() or expected is None:
+            raise BankError(f"{path} is missing; the bank {target} is incomplete, rebuild it")
+        if sha256_file(path) != expected:
+            raise BankError(
+                f"{path} does not match the sha256 recorded in {target / MANIFEST} "
+                "(damaged or tampered); rebuild the bank or restore the file"
+            )
 
 
 def check_model(manifest: dict[str, Any], loaded_run: LoadedRun, where: Path) -> None:
