@@ -73,6 +73,7 @@ class AnchorBank:
         self.embeddings = np.zeros((0, self.model.dim), np.float32)
         self.anchors: list[dict[str, Any]] = []
         self.next_id = 0
+        self.calibration: dict[str, Any] = {}  # {"temperature": T, ...} (index.calibration)
         self._refresh()
 
     # --- views ----------------------------------------------------------------------------------
@@ -240,6 +241,7 @@ class AnchorBank:
             "num_anchors": len(self.anchors),
             "next_id": int(self.next_id),
             "classes": self.class_counts(),
+            "calibration": self.calibration,
             "files": files,
         }
 
@@ -355,6 +357,7 @@ class AnchorBank:
         bank.embeddings = np.ascontiguousarray(emb)
         bank.anchors = anchors
         bank.next_id = int(manifest.get("next_id", len(anchors)))
+        bank.calibration = manifest.get("calibration") or {}  # checked where it is used
         bank._refresh()
         if bank.index.ntotal != len(emb) or not np.array_equal(np.sort(bank.index.ids()), bank.ids):
             raise BankError(
