@@ -188,3 +188,51 @@ def test_a_bank_saved_before_calibration_existed_loads(bank, tmp_path) -> None: 
     del manifest["calibration"]
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert classify(AnchorBank.load(out), norm(queries(5))).temperature == 1.0
+
+
+def test_own_baselines_against_brute_force(bank) -> None:  # noqa: F811
+    from siamese_marrow.engine.evaluate import own_baselines
+    from siamese_marrow.engine.metrics import classification_metrics, headline
+
+    q = bank.embeddings[::3]  # anchors themselves: 1-NN must not answer with the image itself
+    paths = [bank.anchors[i]["path"] for i in range(0, len(bank), 3)]
+    y = bank.labels[::3]
+    got = own_baselines(bank, q, y, paths)
+    sims = q @ bank.embeddings.T
+    sims[np.arange(len(q)), np.arange(0, len(bank), 3)] = -np.inf
+    nn = bank.labels[sims.argmax(1)]
+    protos = np.stack([bank.embeddings[bank.labels == c].mean(0) for c in range(5)])
+    proto = (q @ (protos / np.linalg.norm(protos, axis=1, keepdims=True)).T).argmax(1)
+    (p_name, p), (n_name, n) = got.items()
+    assert p_name.startswith("Prototypes") and n_name.startswith("1-NN")
+    assert p == headline(classification_metrics(y, proto, bank.classes))
+    assert n == headline(classification_metrics(y, nn, bank.classes))
+
+
+def test_evaluation_temperature_sources(bank) -> None:  # noqa: F811
+    from siamese_marrow.engine.calibrate import MIN_IMAGES, _cross_fitted, evaluation_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (40, 5))
+    raw = (np.exp(z) / np.exp(z).sum(1, keepdims=True)).astype(np.float32)
+    y = rng.integers(0, 5, 40)
+    paths = [f"/q/{i}.png" for i in range(40)]
+    # no other labelled images: cross-fitted, each half by the other half's temperature
+    record, scaled = evaluation_temperature(bank, raw, y, paths, candidates=[])
+    assert record["source"].startswith("cross-fitted") and len(record["fold_temperatures"]) == 2
+    np.testing.assert_array_equal(scaled, _cross_fitted(raw, y)[0])
+    order = np.random.default_rng(0).permutation(40)
+    first, second = order[:20], order[20:]
+    t_second = fit_temperature(raw[second], y[second])
+    np.testing.assert_allclose(scaled[first], apply_temperature(raw[first], t_second), atol=1e-6)
+    assert record["temperature"] == pytest.approx(fit_temperature(raw, y), rel=1e-5)
+    # too few images: none
+    record, scaled = evaluation_temperature(
+        bank, raw[: MIN_IMAGES - 1], y[: MIN_IMAGES - 1], paths[: MIN_IMAGES - 1], candidates=[]
+    )
+    assert record["temperature"] is None and scaled is None
+    # a bank that holds one: that one, not refitted
+    bank.calibration = {"temperature": 0.5, "fitted_on": "somewhere"}
+    record, scaled = evaluation_temperature(bank, raw, y, paths, candidates=[])
+    assert record == {"temperature": 0.5, "source": "stored in the bank (fitted on somewhere)"}
+    np.testing.assert_allclose(scaled, apply_temperature(raw, 0.5), atol=1e-7)

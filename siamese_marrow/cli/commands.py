@@ -117,20 +117,47 @@ def cmd_bank(args: argparse.Namespace) -> int:
         )
     elif args.bank_command == "remove":
         _print_json(banks.bank_remove(args.bank, args.label, run=args.run))
+    elif args.bank_command == "calibrate":
+        from ..engine.calibrate import bank_calibrate
+
+        _print_json(
+            bank_calibrate(
+                args.bank,
+                data=args.data,
+                run=args.run,
+                num_workers=args.workers,
+                progress=not args.quiet,
+            )
+        )
     else:
         _print_json(banks.bank_info(args.bank))
     return 0
 
 
-def cmd_classify(args: argparse.Namespace) -> int:
-    from ..engine.banks import open_bank
-    from ..engine.predict import classify_paths_timed, format_records
+def _refuse_overwriting_inputs(files: list[str], **outputs: str | None) -> None:
+    """An output that is one of the input images would destroy it: refused, naming both."""
+    from ..errors import DataError
 
-    _check_outputs(args.output)
+    inputs = {Path(f).resolve() for f in files}
+    for option, target in outputs.items():
+        if target is not None and Path(target).resolve() in inputs:
+            raise DataError(
+                f"--{option} {target} is one of the input images; choose another file name"
+            )
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from ..data.datasets import expand_images
+    from ..engine.banks import open_bank
+    from ..engine.predict import classify_paths_timed, format_records, write_review_page
+
+    _check_outputs(args.output, args.html)
+    files = expand_images(args.images)
+    _refuse_overwriting_inputs(files, output=args.output, html=args.html)
     bank = open_bank(args.bank, run=args.run)
     records, timing = classify_paths_timed(
         bank,
-        args.images,
+        files,
         abstain_below=args.abstain_below,
         top_m=args.top_m,
         num_workers=args.workers,
@@ -142,6 +169,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
         atomic_write_text(args.output, text)
     else:
         sys.stdout.write(text)
+    if args.html:
+        page = write_review_page(
+            bank, records, args.html, bank_dir=args.bank, abstain_below=args.abstain_below
+        )
+        print(
+            f"review page {page['path']}: {page['cells']} cells, "
+            f"{page['bytes'] / 1e6:.1f} MB ({page['seconds']:.1f} s)",
+            file=sys.stderr,
+        )
     if args.timing:
         print(json.dumps(timing), file=sys.stderr)
     return 0
@@ -210,6 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bank=args.bank,
             out=args.out,
             checkpoint=args.checkpoint,
+            calibrate=args.calibrate,
             progress=not args.quiet,
         )
     )
