@@ -39,7 +39,7 @@ h2 { font-size: 1.15em; margin-top: 1.4em; color: #1f3f66; }
 .key { display: inline-block; width: .9em; height: .9em; vertical-align: middle; }
 .grid { display: flex; flex-wrap: wrap; gap: 6px; }
 .cell { display: flex; gap: 6px; width: 440px; padding: 4px; border: 1px solid #ddd;
-        border-radius: 4px; font-size: 12px; background: #fff; }
+        border-radius: 4px; font-size: 12px; background: #fff; align-items: flex-start; }
 .cell.unc { border-color: #e08a00; background: #fffaf2; }
 .cell > img, .cell > .nothumb { flex: none; border: 1px solid #bbb; }
 .info { width: 120px; flex: none; overflow-wrap: anywhere; }
