@@ -57,7 +57,7 @@ def _reliability_panel(ax: Any, bins: Sequence[Mapping[str, Any]], title: str) -
     ax.set_ylabel("fraction of the bin's calls that are right")
     ax.set_title(f"{title}\n{_bin_counts(bins)}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def reliability_png(metrics: Mapping[str, Any], out: str | Path) -> Path:

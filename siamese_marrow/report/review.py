@@ -31,14 +31,14 @@ UNCERTAIN = "uncertain"
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-       margin: 1em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+       margin: 1em auto; max-width: 1480px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.4em; border-bottom: 2px solid #4f81bd; padding-bottom: .2em; }
 h2 { font-size: 1.15em; margin-top: 1.4em; color: #1f3f66; }
 .chips { display: flex; flex-wrap: wrap; gap: .3em .9em; font-size: .9em; }
 .chip { white-space: nowrap; }
 .key { display: inline-block; width: .9em; height: .9em; vertical-align: middle; }
 .grid { display: flex; flex-wrap: wrap; gap: 6px; }
-.cell { display: flex; gap: 6px; width: 440px; padding: 4px; border: 1px solid #ddd;
+.cell { display: flex; gap: 6px; width: 464px; padding: 4px; border: 1px solid #ddd;
         border-radius: 4px; font-size: 12px; background: #fff; align-items: flex-start; }
 .cell.unc { border-color: #e08a00; background: #fffaf2; }
 .cell > img, .cell > .nothumb { flex: none; border: 1px solid #bbb; }
@@ -48,7 +48,7 @@ h2 { font-size: 1.15em; margin-top: 1.4em; color: #1f3f66; }
 .bar span { display: block; height: 100%; }
 .top { color: #444; font-size: 11px; }
 .anchors { display: flex; gap: 3px; flex-wrap: wrap; align-content: flex-start; }
-.anc { width: 50px; text-align: center; font-size: 10px; line-height: 1.15;
+.anc { width: 46px; text-align: center; font-size: 10px; line-height: 1.15;
        overflow-wrap: anywhere; }
 .th { display: block; margin: 0 auto 1px auto; background-size: contain;
       background-repeat: no-repeat; background-position: center; border: 1px solid #ccc; }
@@ -179,7 +179,7 @@ def render_review(
     classes: Sequence[str] | None = None,
     about: Sequence[str] = (),
     thumb: int = 80,
-    anchor_thumb: int = 48,
+    anchor_thumb: int = 44,
     max_anchors: int = 5,
 ) -> str:
     """The review page as an HTML5 string (see :func:`write_review`)."""
