@@ -12,7 +12,7 @@ import math
 import os
 import reprlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,41 @@ def check_writable(target: str | Path, what: str = "output", *, beside: bool = F
     finally:
         with contextlib.suppress(OSError):
             os.unlink(probe)
+
+
+def check_own_folder(
+    folder: str | Path, markers: tuple[str, ...], what: str, force: bool = False
+) -> None:
+    """Refuse to write into ``folder`` when it exists, is not empty and holds none of
+    ``markers`` (the files that make it ``what``: a run, a report, ...), unless ``force``."""
+    folder = Path(folder)
+    if force or not folder.is_dir():
+        return
+    try:
+        entries = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return  # unreadable: the write itself will say why
+    if entries and not any((folder / m).exists() for m in markers):
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConfigError(
+            f"{folder} is not empty ({shown}) and is not {what}; choose a new or empty folder, "
+            "or pass --force to write into it anyway"
+        )
+
+
+def refuse_overwriting_inputs(output: str | Path | None, inputs: Iterable[str | Path]) -> None:
+    """Refuse an ``output`` path that is one of the ``inputs`` (an image, an anchor), also
+    through symbolic links. Only inputs with the output's file name are resolved (fast for
+    banks of millions of anchors)."""
+    if output is None:
+        return
+    out = os.path.realpath(output)
+    names = {os.path.basename(str(output)), os.path.basename(out)}
+    for item in inputs:
+        if os.path.basename(str(item)) in names and os.path.realpath(item) == out:
+            raise ConfigError(
+                f"{brief(str(output))} is one of the input images; write the output elsewhere"
+            )
 
 
 # --- YAML with bounded alias expansion (config files and --set values) ---------------------

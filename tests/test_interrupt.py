@@ -204,7 +204,8 @@ def test_sigkill_during_training_resumes_to_identical_weights(
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]  # no epoch logged twice after a kill
     assert list(run.glob(".*.tmp")) == []
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    # no staged or temporary file left; the run lock file stays (removing a lock file is racy)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock"]
     _assert_checkpoints_load(run)
     print(
         f"\ntraining: {kills} kills, all loadable, resumed to identical weights; "
@@ -259,7 +260,8 @@ def test_checkpoint_save_interrupted_at_every_file_operation_leaves_old_or_new(
             break
         save_checkpoint(run, "last", old.model, old.cfg, old.classes, {"step": 100}, train_state)
         assert load_run(run, "last").meta["step"] == 100
-        assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+        staged_or_temp = [p.name for p in run.iterdir() if p.name.startswith(".")]
+        assert staged_or_temp in ([], [".lock"])  # the run lock file of the copied run may stay
     assert finished and seen_old >= 3 and seen_new >= 2, (seen_old, seen_new)
 
 
@@ -407,7 +409,7 @@ def test_sigkill_during_bank_save_leaves_old_or_new_bank(tmp_path: Path) -> None
         proc.wait()
     assert sum(outcomes.values()) == KILLS
     bank.save(target)  # the next save clears whatever a kill left beside the bank
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank", "run", "saves.log"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bank.lock", "bank", "run", "saves.log"]
     print(f"\nbank: {KILLS} kills, all loadable: {outcomes['old']} old / {outcomes['new']} new")
 
 

@@ -29,6 +29,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     counts = profile_counts(
         args.profile, total=args.total, per_class=args.per_class, classes=args.classes
     )
+    from ..utils import check_own_folder
+
+    check_own_folder(args.out, ("synth.json",), "a synthetic data set", args.force)
     _check_outputs(args.out)
     written = write_dataset(args.out, counts, seed=args.seed, size=args.size, progress=True)
     print(f"wrote {sum(written.values())} images of {len(written)} classes to {args.out}")
@@ -64,8 +67,10 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..engine.pipeline import run_demo
+    from ..utils import check_own_folder
 
     cfg = _config(args)
+    check_own_folder(args.out, ("demo_summary.json", "run"), "a demo folder", args.force)
     _check_outputs(args.out)
     summary = run_demo(cfg, Path(args.out), quick=args.quick)
     print(json.dumps(summary, indent=2))
@@ -76,9 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..engine.runs import training_plan
     from ..engine.train import train
 
-    cfg, out = training_plan(args.out, args.resume, args.config, args.overrides, args.skip_bad)
+    cfg, out = training_plan(
+        args.out, args.resume, args.config, args.overrides, args.skip_bad, args.force
+    )
     _check_outputs(out)
-    summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet, force=args.force)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -102,6 +109,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
                 factory=args.index,
                 num_workers=args.workers,
                 progress=not args.quiet,
+                force=args.force,
             )
         )
     elif args.bank_command == "add":
@@ -134,30 +142,20 @@ def cmd_bank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_overwriting_inputs(files: list[str], **outputs: str | None) -> None:
-    """An output that is one of the input images would destroy it: refused, naming both."""
-    from ..errors import DataError
-
-    inputs = {Path(f).resolve() for f in files}
-    for option, target in outputs.items():
-        if target is not None and Path(target).resolve() in inputs:
-            raise DataError(
-                f"--{option} {target} is one of the input images; choose another file name"
-            )
-
-
 def cmd_classify(args: argparse.Namespace) -> int:
     from ..data.datasets import expand_images
     from ..engine.banks import open_bank
     from ..engine.predict import classify_paths_timed, format_records, write_review_page
+    from ..utils import refuse_overwriting_inputs
 
     _check_outputs(args.output, args.html)
-    files = expand_images(args.images)
-    _refuse_overwriting_inputs(files, output=args.output, html=args.html)
     bank = open_bank(args.bank, run=args.run)
+    images = expand_images(args.images)
+    for output in (args.output, args.html):
+        refuse_overwriting_inputs(output, [*images, *(a["path"] for a in bank.anchors)])
     records, timing = classify_paths_timed(
         bank,
-        files,
+        images,
         abstain_below=args.abstain_below,
         top_m=args.top_m,
         num_workers=args.workers,
@@ -187,9 +185,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..engine.banks import open_bank
     from ..engine.predict import search_paths
     from ..report import neighbours_gallery_png
+    from ..utils import refuse_overwriting_inputs
 
     _check_outputs(args.gallery)
-    results = search_paths(open_bank(args.bank, run=args.run), [args.image], k=args.k)
+    bank = open_bank(args.bank, run=args.run)
+    refuse_overwriting_inputs(args.gallery, [args.image, *(a["path"] for a in bank.anchors)])
+    results = search_paths(bank, [args.image], k=args.k)
     if args.gallery:
         neighbours_gallery_png(results[0]["path"], results[0]["neighbours"], args.gallery)
     _print_json(results[0])
@@ -237,8 +238,11 @@ def cmd_retrieval_eval(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate
+    from ..utils import check_own_folder
 
-    _check_outputs(args.out or Path(args.run) / "eval")
+    out = args.out or Path(args.run) / "eval"
+    check_own_folder(out, ("metrics.json", "report.html"), "an evaluation folder", args.force)
+    _check_outputs(out)
     _print_json(
         evaluate(
             args.run,

@@ -49,6 +49,11 @@ def _add_synth(sub: Any) -> None:
     p.add_argument(
         "--size", type=arg_number(int, 16, 4096), default=128, help="image side in pixels"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even when it holds other files",
+    )
     p.set_defaults(func=cmd_synth)
 
 
@@ -72,6 +77,11 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--out", help="run folder for checkpoints, logs and the resolved config")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where 'last' stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in an --out that holds a run (its checkpoints are deleted) or other files",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -86,6 +96,9 @@ def _add_bank(sub: Any) -> None:
     b.add_argument("--checkpoint", default="best", choices=("best", "last"))
     b.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")
+    b.add_argument(
+        "--force", action="store_true", help="replace a bank already at --out (its anchors go)"
+    )
     b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
     b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True, help="class code of the new anchors")
@@ -203,6 +216,11 @@ def _add_evaluate(sub: Any) -> None:
         help="fit no temperature (report the calibration of the model's own g only)",
     )
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even when it holds other files",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -213,6 +231,11 @@ def _add_demo(sub: Any) -> None:
     _add_config_args(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster demo (for tests)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even when it holds other files",
+    )
     p.set_defaults(func=cmd_demo)
 
 

@@ -29,3 +29,27 @@ MATEK_CLASSES: dict[str, tuple[str, int]] = {
 
 #: The class codes in their stable (alphabetical) order.
 CLASS_CODES: tuple[str, ...] = tuple(sorted(MATEK_CLASSES))
+
+#: What ``classify`` calls an abstention; no class may be named so.
+RESERVED_LABELS = ("uncertain",)
+
+#: Longest class label accepted.
+MAX_LABEL_LENGTH = 100
+
+
+def label_problem(label: object) -> str | None:
+    """Why ``label`` cannot name a class (None when it can): empty, surrounded by whitespace,
+    holding a control character or a path separator, too long, or a reserved word."""
+    if not isinstance(label, str) or not label:
+        return "is empty"
+    if label != label.strip():
+        return "starts or ends with whitespace"
+    if any(ord(ch) < 32 or ord(ch) == 127 or ch in "\u2028\u2029\x85" for ch in label):
+        return "holds a control character (e.g. a newline or a tab)"
+    if "/" in label or "\\" in label or label in (".", ".."):
+        return "holds a path separator"
+    if len(label) > MAX_LABEL_LENGTH:
+        return f"is {len(label)} characters long (at most {MAX_LABEL_LENGTH})"
+    if label.lower() in RESERVED_LABELS:
+        return "is reserved: classify calls an abstention 'uncertain'"
+    return None

@@ -11,7 +11,7 @@ import io
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..utils import brief
+from .classes import label_problem
 from .io import IMAGE_EXTENSIONS, load_rgb, not_regular
 
 
@@ -169,6 +171,7 @@ def load_samples(source: str | Path, classes: Sequence[str] | None = None) -> li
     """Samples from a folder or a ``.csv`` manifest, optionally restricted to ``classes``."""
     source = Path(source)
     samples = read_manifest(source) if source.suffix.lower() == ".csv" else scan_folder(source)
+    check_labels({s.label for s in samples}, str(source))
     if classes:
         present = {s.label for s in samples}
         missing = [c for c in classes if c not in present]
@@ -180,6 +183,15 @@ def load_samples(source: str | Path, classes: Sequence[str] | None = None) -> li
         keep = set(classes)
         samples = [s for s in samples if s.label in keep]
     return samples
+
+
+def check_labels(labels: Iterable[str], where: str) -> None:
+    """Refuse labels that cannot name a class (:func:`.classes.label_problem`), naming them."""
+    bad = [(lab, why) for lab in sorted(labels) if (why := label_problem(lab)) is not None]
+    if bad:
+        shown = "; ".join(f"{brief(lab)} {why}" for lab, why in bad[:5])
+        more = f"; ... {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{where}: {len(bad)} class label(s) cannot be used: {shown}{more}")
 
 
 def class_list(samples: Sequence[Sample]) -> list[str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import expand_images, load_samples
-from ..index.bank import AnchorBank, read_manifest, recover
+from ..index.bank import AnchorBank, check_target, read_manifest
+from ..index.store import writer_lock
 from ..models.checkpoint import load_run
 
 BankLike = AnchorBank | str | Path
@@ -42,10 +43,8 @@ def bank_summary(bank: AnchorBank, path: str | Path | None = None) -> dict[str, 
 
 
 def bank_info(bank_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a saved bank (no model is loaded)."""
-    target = Path(bank_dir).absolute()
-    recover(target)
-    return read_manifest(target)
+    """The manifest of a saved bank (no model is loaded; nothing on disk changes)."""
+    return read_manifest(bank_dir)
 
 
 def bank_build(
@@ -60,14 +59,18 @@ def bank_build(
     num_workers: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Embed every image of ``data`` (folder or CSV) with the run's model and save a bank at
-    ``out``; ``factory`` overrides the run's ``bank.index``."""
-    loaded = load_run(run, checkpoint, device=device)
-    samples = load_samples(data, classes)
-    t = time.perf_counter()
-    bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)
-    bank.save(out)
+    ``out``; ``factory`` overrides the run's ``bank.index``. A bank already at ``out`` is
+    replaced only with ``force`` (refused before any work otherwise)."""
+    with writer_lock(out) as target:
+        check_target(target, replace=force)
+        loaded = load_run(run, checkpoint, device=device)
+        samples = load_samples(data, classes)
+        t = time.perf_counter()
+        bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)
+        bank.save(out, replace=force)
     return {**bank_summary(bank, out), "seconds": round(time.perf_counter() - t, 3)}
 
 
@@ -82,19 +85,23 @@ def bank_add(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Add the images in ``sources`` (files or folders) as anchors of class ``label``, and save."""
-    bank = open_bank(bank_dir, run, device=device)
+    """Add the images in ``sources`` (files or folders) as anchors of class ``label``, and save.
+    The bank's writer lock is held from reading to saving, so concurrent writers queue up and
+    none of their changes is lost."""
     paths = expand_images(sources)
-    ids = bank.add(paths, label, batch_size, num_workers, progress)
-    bank.save(bank_dir)
+    with writer_lock(bank_dir):
+        bank = open_bank(bank_dir, run, device=device)
+        ids = bank.add(paths, label, batch_size, num_workers, progress)
+        bank.save(bank_dir)
     return {**bank_summary(bank, bank_dir), "added": int(len(ids)), "label": label}
 
 
 def bank_remove(
     bank_dir: str | Path, label: str, *, run: str | Path | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Remove every anchor of class ``label``, and save."""
-    bank = open_bank(bank_dir, run, device=device)
-    n = bank.remove(label)
-    bank.save(bank_dir)
+    """Remove every anchor of class ``label``, and save (under the writer lock, as bank_add)."""
+    with writer_lock(bank_dir):
+        bank = open_bank(bank_dir, run, device=device)
+        n = bank.remove(label)
+        bank.save(bank_dir)
     return {**bank_summary(bank, bank_dir), "removed": n, "label": label}

@@ -24,6 +24,7 @@ from ..errors import DataError
 from ..index.bank import AnchorBank
 from ..index.calibration import apply_temperature, bank_temperature, fit_temperature, nll
 from ..index.classify import classify
+from ..index.store import writer_lock
 from ..models.embed import embed_paths
 from .banks import BankLike, open_bank
 from .reliability import reliability_summary
@@ -120,20 +121,22 @@ def bank_calibrate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fit the temperature of g on ``data`` (default: the validation split of the bank's run)
-    and store it in the bank's manifest; ``classify`` uses it from then on."""
-    bank = open_bank(bank_dir, run)
-    samples = load_samples(data) if data is not None else validation_split(bank)
-    where = f"{data}" if data is not None else f"the validation split of run {bank.run.run}"
-    keep, left_out = usable(bank, samples)
-    if len(keep) < MIN_IMAGES:
-        raise DataError(
-            f"{where}: {len(keep)} usable image(s) of {len(samples)} (left out: "
-            f"{left_out or 'none'}); a temperature needs at least {MIN_IMAGES} labelled images "
-            "that are not anchors of the bank, of the bank's classes"
-        )
-    record = fit_record(raw_g(bank, keep, left_out, batch_size, num_workers, progress), where)
-    bank.calibration = record
-    bank.save(bank_dir)
+    and store it in the bank's manifest; ``classify`` uses it from then on. The bank's writer
+    lock is held from reading to saving (as ``bank add`` does)."""
+    with writer_lock(bank_dir):
+        bank = open_bank(bank_dir, run)
+        samples = load_samples(data) if data is not None else validation_split(bank)
+        where = f"{data}" if data is not None else f"the validation split of run {bank.run.run}"
+        keep, left_out = usable(bank, samples)
+        if len(keep) < MIN_IMAGES:
+            raise DataError(
+                f"{where}: {len(keep)} usable image(s) of {len(samples)} (left out: "
+                f"{left_out or 'none'}); a temperature needs at least {MIN_IMAGES} labelled "
+                "images that are not anchors of the bank, of the bank's classes"
+            )
+        record = fit_record(raw_g(bank, keep, left_out, batch_size, num_workers, progress), where)
+        bank.calibration = record
+        bank.save(bank_dir)
     return {"bank": str(bank_dir), **record}
 
 

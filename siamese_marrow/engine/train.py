@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ..models.checkpoint import load_train_state, read_meta, save_checkpoint
 from ..utils import atomic_write_text, resolve_device
 from .losses import siamese_loss
 from .metrics import headline
+from .runs import check_run_folder, clear_run_files, run_lock
 from .validation import cap_per_class, frozen_probe, validate
 
 
@@ -136,9 +138,12 @@ def _check_request(cfg: Config) -> None:
         )
 
 
-def _set_up(cfg: Config, out: Path, resume: bool, progress: bool) -> _Job:
+def _set_up(
+    cfg: Config, out: Path, resume: bool, progress: bool, force: bool, stack: ExitStack
+) -> _Job:
     """Model, data, sampler, optimizer and schedule (restored from ``out/last`` on resume).
-    Everything that can be refused is checked before any file is written."""
+    Everything that can be refused is checked before any file is written; then the run folder's
+    lock is taken (held until ``stack`` closes) and a fresh start clears an earlier run's files."""
     tc = cfg.train
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
@@ -148,6 +153,12 @@ def _set_up(cfg: Config, out: Path, resume: bool, progress: bool) -> _Job:
     model = build_model(cfg.model)
     n_trainable = model.backbone.apply_freeze(tc.freeze)
     FaissIndex(model.dim, cfg.bank.index)  # the bank.index of this run's banks must parse
+    if not resume:
+        check_run_folder(out, force)
+    stack.enter_context(run_lock(out))
+    if not resume:
+        check_run_folder(out, force)  # again under the lock: another run may have finished here
+        clear_run_files(out)
     data = prepare_data(cfg.data, synth_dir=synth_dir_of(out), progress=progress)
     if not data.val:
         raise ConfigError("data.val_fraction is 0: training needs a validation split")
@@ -372,16 +383,28 @@ def _end_epoch(
 
 
 def train(
-    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True
+    cfg: Config,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train a SiameseNet on balanced pairs; checkpoints and logs go to ``out``.
 
+    One process at a time trains into a folder (a second one is refused). A new run refuses a
+    folder that holds a trained run or files that are not a run's, unless ``force``.
     Returns a summary: best validation metrics, the frozen-feature probe's metrics (when
     ``train.baseline_probe``), wall time and the number of steps.
     """
-    out = Path(out)
+    with ExitStack() as stack:
+        return _train(cfg, Path(out), resume, progress, force, stack)
+
+
+def _train(
+    cfg: Config, out: Path, resume: bool, progress: bool, force: bool, stack: ExitStack
+) -> dict[str, Any]:
     t_start = time.perf_counter()
-    job = _set_up(cfg, out, resume, progress)
+    job = _set_up(cfg, out, resume, progress, force, stack)
     _open_run_folder(job, resume)
     state, summary = job.state, job.summary
     while state.epoch < cfg.train.epochs:

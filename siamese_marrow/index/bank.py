@@ -14,13 +14,9 @@ other. The embeddings matrix is kept beside the index so that each class's exact
 can be found and the index rebuilt after anchors are removed. This module holds the bank's state
 and files only; :mod:`.classify` queries a bank (classify, search).
 
-Saving is atomic for the directory as a whole: the new bank is written into a temporary sibling
-``.BANK.tmp-*`` and fsynced, then the old bank is renamed to ``.BANK.bak``, the new one to
-``BANK``, and the backup deleted. A process killed at any moment leaves a loadable bank: if it died
-between the two renames, ``BANK`` is missing and :meth:`AnchorBank.load` (and the next ``save``)
-renames the backup back into place; a leftover backup beside a complete ``BANK`` is deleted; a
-leftover temporary directory is ignored by ``load`` and removed by the next ``save``. One writer
-per bank at a time.
+Saving and loading go through :mod:`.store`: a writer holds the bank's lock and swaps a complete
+new copy into place, so a process killed at any moment leaves a loadable bank; readers take no
+lock, change nothing, and always see the files of one save.
 """
 
 from __future__ import annotations
@@ -30,8 +26,6 @@ import dataclasses
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,18 +34,18 @@ from typing import Any
 import numpy as np
 
 from ..config import BankConfig, save_config
-from ..data.datasets import Sample
-from ..errors import BankError, CheckpointError
+from ..data.datasets import Sample, check_labels
+from ..errors import BankError, CheckpointError, DataError
 from ..models import SiameseNet
 from ..models.checkpoint import LoadedRun, load_run
 from ..models.embed import embed_paths
-from ..utils import fsync_dir, naming, sha256_file, umask
+from ..utils import naming, sha256_file
 from .faiss_index import FaissIndex, RemoveUnsupported
+from .store import MANIFEST, read_snapshot, replace_directory, writer_lock
 
 FORMAT = "siamese-marrow-anchor-bank"
 FORMAT_VERSION = 1
 BANK_FILES = ("index.faiss", "embeddings.npy", "anchors.json", "config.yaml")
-MANIFEST = "manifest.json"
 
 
 class AnchorBank:
@@ -155,6 +149,7 @@ class AnchorBank:
             raise BankError("no images to add")
         paths = [str(Path(p).absolute()) for p in paths]
         self._check_new_paths(paths)
+        _check_labels(labels)  # before the embedding work
         emb, _ = embed_paths(self.model, paths, batch_size, num_workers, progress, desc="bank")
         return self.add_embeddings(emb, paths, labels)
 
@@ -183,6 +178,7 @@ class AnchorBank:
         if n and not np.allclose(norms, 1.0, atol=1e-3):
             raise ValueError(f"add_embeddings: rows must be unit-norm (norms {norms.min():.4f}..)")
         self._check_new_paths(paths)
+        _check_labels(labels)
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.index.add(emb, ids)  # an untrained (IVF/PQ) index is empty: it trains on these
         self.embeddings = np.concatenate([self.embeddings, emb])
@@ -245,39 +241,12 @@ class AnchorBank:
             "files": files,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the bank as one directory, atomically (see the module docstring)."""
-        target = Path(directory).absolute()
-        parent = target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        recover(target)
-        if target.exists():
-            if not target.is_dir():
-                raise BankError(f"{target} exists and is not a directory; choose another path")
-            if not (target / MANIFEST).is_file() and any(target.iterdir()):
-                raise BankError(
-                    f"{target} exists, is not empty and is not an anchor bank (no {MANIFEST}); "
-                    "choose another path"
-                )
-        for stale in parent.glob(f".{target.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; give the usual folder mode
-        try:
-            self._write_files(tmp)
-            backup = _backup_of(target)
-            if backup.exists():
-                shutil.rmtree(backup)
-            if target.exists():
-                os.rename(target, backup)
-            os.rename(tmp, target)
-            fsync_dir(parent)
-            if backup.exists():
-                shutil.rmtree(backup)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+    def save(self, directory: str | Path, *, replace: bool = True) -> Path:
+        """Write the bank as one directory, atomically, under the bank's writer lock
+        (:mod:`.store`). ``replace=False`` refuses to replace a bank already there."""
+        with writer_lock(directory) as target:
+            check_target(target, replace)
+            return replace_directory(target, self._write_files)
 
     def _write_files(self, d: Path) -> None:
         self.index.save(d / "index.faiss")
@@ -288,7 +257,6 @@ class AnchorBank:
         save_config(self.config, d / "config.yaml")
         files = {name: sha256_file(d / name) for name in BANK_FILES}
         _write(d / MANIFEST, (json.dumps(self.manifest(files), indent=2) + "\n").encode())
-        fsync_dir(d)
 
     @classmethod
     def load(
@@ -300,49 +268,34 @@ class AnchorBank:
         checkpoint: str | None = None,
         device: str = "cpu",
     ) -> AnchorBank:
-        """Read a bank and check it against the model.
+        """Read a bank and check it against the model; changes nothing on disk.
 
         The model is ``loaded_run`` if given, else the run ``run`` (default: the run recorded in
         the manifest) and its ``checkpoint``. Refused with :class:`BankError` when a file's sha256
         differs from the manifest (damaged or tampered) or when the model's weights sha256 or
-        config digest differ from the ones the bank was built with.
+        config digest differ from the ones the bank was built with. All files come from one save,
+        even while a writer replaces the bank (:func:`.store.read_snapshot`).
         """
-        target = Path(directory).absolute()
-        try:
-            recover(target)
-        except OSError:  # read-only place: read the previous bank where it lies
-            if not (target / MANIFEST).is_file() and (_backup_of(target) / MANIFEST).is_file():
-                target = _backup_of(target)
-        manifest = read_manifest(target)
-        _check_files(manifest, target)  # every file there, with the sha256 of the manifest
+        snap = read_snapshot(directory, BANK_FILES, check_manifest)
+        target, manifest = snap.directory, snap.manifest
         if loaded_run is None:
-            run_dir = Path(run) if run is not None else Path(manifest["run"])
-            name = checkpoint or manifest["checkpoint"]
-            try:
-                loaded_run = load_run(run_dir, name, device=device)
-            except CheckpointError as e:
-                raise BankError(
-                    f"cannot load the model of bank {target} from run {run_dir} "
-                    f"(checkpoint {name}): {e}; pass --run RUN with the run the bank was built "
-                    f"with (weights sha256 {manifest['weights_sha256'][:12]}...)"
-                ) from None
+            loaded_run = _load_model_of(target, manifest, run, checkpoint, device)
         check_model(manifest, loaded_run, target)
-
+        emb = _npy_from_bytes(snap.files["embeddings.npy"], target / "embeddings.npy")
         try:
-            emb = np.load(target / "embeddings.npy", allow_pickle=False)
-            anchors = json.loads((target / "anchors.json").read_text())
-        except (ValueError, OSError) as e:
-            raise BankError(
-                f"{target}: embeddings.npy or anchors.json cannot be read ({e})"
-            ) from None
+            anchors = json.loads(snap.files["anchors.json"])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BankError(f"{target}/anchors.json cannot be read ({e})") from None
         dim = loaded_run.model.dim
-        if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != dim:
+        if emb.ndim != 2 or emb.shape[1] != dim:
             raise BankError(
                 f"{target}/embeddings.npy holds {emb.dtype} {emb.shape}; "
                 f"expected float32 (N, {dim})"
             )
-        if len(anchors) != len(emb) or not all(
-            isinstance(a, dict) and {"id", "path", "label"} <= set(a) for a in anchors
+        if (
+            not isinstance(anchors, list)
+            or len(anchors) != len(emb)
+            or not all(isinstance(a, dict) and {"id", "path", "label"} <= set(a) for a in anchors)
         ):
             raise BankError(
                 f"{target}/anchors.json lists {len(anchors)} anchors for {len(emb)} embeddings "
@@ -353,12 +306,16 @@ class AnchorBank:
         saved = {k: v for k, v in manifest.get("bank_config", {}).items() if k in known}
         bank.config.bank = BankConfig(**saved)
         bank.config.bank.index = bank.factory = manifest["index_factory"]
-        bank.index = FaissIndex.load(target / "index.faiss", manifest["index_factory"], "ip")
-        bank.embeddings = np.ascontiguousarray(emb)
+        bank.index = FaissIndex.from_bytes(
+            snap.files["index.faiss"], manifest["index_factory"], "ip", str(target / "index.faiss")
+        )
+        bank.embeddings = emb
         bank.anchors = anchors
         bank.next_id = int(manifest.get("next_id", len(anchors)))
         bank.calibration = manifest.get("calibration") or {}  # checked where it is used
         bank._refresh()
+        if bank.index.needs_refill:  # written by an older version: ids only right until a removal
+            bank.index.refill(bank.embeddings, bank.ids)
         if bank.index.ntotal != len(emb) or not np.array_equal(np.sort(bank.index.ids()), bank.ids):
             raise BankError(
                 f"{target}/index.faiss holds {bank.index.ntotal} vectors whose ids do not match "
@@ -367,18 +324,84 @@ class AnchorBank:
         return bank
 
 
-def read_manifest(target: Path) -> dict[str, Any]:
-    """The parsed ``manifest.json`` of a bank directory, with its format checked."""
-    path = target / MANIFEST
-    if not path.is_file():
+def _check_labels(labels: Sequence[str]) -> None:
+    try:
+        check_labels(set(labels), "bank")
+    except DataError as e:
+        raise BankError(str(e)) from None
+
+
+def check_target(target: Path, replace: bool) -> None:
+    """Refuse to save over something that is not a bank, or over a bank unless ``replace``."""
+    if target.exists() and not target.is_dir():
+        raise BankError(f"{target} exists and is not a folder; choose another path")
+    if (target / MANIFEST).is_file():
+        if not replace:
+            raise BankError(
+                f"{target} already holds an anchor bank; add classes to it with bank add, or "
+                "pass --force (replace=True) to replace it"
+            )
+    elif target.is_dir() and any(target.iterdir()):
+        raise BankError(
+            f"{target} exists, is not empty and is not an anchor bank (no {MANIFEST}); "
+            "choose another path"
+        )
+
+
+def _load_model_of(
+    target: Path,
+    manifest: dict[str, Any],
+    run: str | Path | None,
+    checkpoint: str | None,
+    device: str,
+) -> LoadedRun:
+    run_dir = Path(run) if run is not None else Path(manifest["run"])
+    name = checkpoint or manifest["checkpoint"]
+    try:
+        return load_run(run_dir, name, device=device)
+    except CheckpointError as e:
+        raise BankError(
+            f"cannot load the model of bank {target} from run {run_dir} "
+            f"(checkpoint {name}): {e}; pass --run RUN with the run the bank was built "
+            f"with (weights sha256 {manifest['weights_sha256'][:12]}...)"
+        ) from None
+
+
+def _npy_from_bytes(blob: bytes | bytearray, where: Path) -> np.ndarray:
+    """A float32 ``.npy`` file's array over its bytes (no copy; never unpickles)."""
+    f = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+    except ValueError as e:
+        raise BankError(f"{where} cannot be read ({e})") from None
+    if dtype != np.float32 or fortran or len(shape) != 2:
+        raise BankError(f"{where} cannot be read: it holds {dtype} {shape}, not float32 (N, D)")
+    count = int(np.prod(shape))
+    if len(blob) - f.tell() != count * 4:
+        raise BankError(f"{where} is truncated: {shape} needs {count * 4} bytes of data")
+    return np.frombuffer(blob, np.float32, count, offset=f.tell()).reshape(shape)
+
+
+def read_manifest(target: str | Path) -> dict[str, Any]:
+    """The checked ``manifest.json`` of a bank folder (read without changing anything)."""
+    return read_snapshot(target, (), check_manifest).manifest
+
+
+def check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
+    """``manifest`` (parsed from ``path``; None when the file is missing) with its format
+    checked."""
+    target = path.parent
+    if manifest is None:
         raise BankError(
             f"{target} is not an anchor bank (no {MANIFEST}); build one with "
             "siamese-marrow bank build --run RUN --data DIR --out BANK"
         )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BankError(f"{path} is damaged (not valid JSON: {e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BankError(f"{path} is not an anchor-bank manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -396,18 +419,6 @@ def read_manifest(target: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_files(manifest: dict[str, Any], target: Path) -> None:
-    for name in BANK_FILES:
-        path, expected = target / name, manifest["files"].get(name)
-        if not path.is_file() or expected is None:
-            raise BankError(f"{path} is missing; the bank {target} is incomplete, rebuild it")
-        if sha256_file(path) != expected:
-            raise BankError(
-                f"{path} does not match the sha256 recorded in {target / MANIFEST} "
-                "(damaged or tampered); rebuild the bank or restore the file"
-            )
-
-
 def check_model(manifest: dict[str, Any], loaded_run: LoadedRun, where: Path) -> None:
     """Refuse a model other than the one the bank was built with, naming both."""
     have_w = loaded_run.meta.get("weights_sha256", "?")
@@ -422,25 +433,6 @@ def check_model(manifest: dict[str, Any], loaded_run: LoadedRun, where: Path) ->
             f"digest {have_c[:16]}: its {what} differ(s). Use the run the bank was built with, or "
             "rebuild the bank with this run"
         )
-
-
-def _backup_of(target: Path) -> Path:
-    return target.parent / f".{target.name}.bak"
-
-
-def recover(target: Path) -> None:
-    """Finish or undo a save that was interrupted (see the module docstring)."""
-    backup = _backup_of(target)
-    if not backup.exists():
-        return
-    if (target / MANIFEST).is_file():
-        shutil.rmtree(backup, ignore_errors=True)  # the new bank made it; drop the old one
-        return
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    if not target.exists():
-        os.rename(backup, target)  # died between the two renames: the old bank comes back
-        fsync_dir(target.parent)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -1,8 +1,11 @@
 """A thin class over one FAISS index: the only place in the package that imports faiss.
 
 Vectors go in and come out as numpy ``float32``; ids are ``int64``. The index is built from a
-FAISS factory string ("Flat" exact, "HNSW32", "IVF1024,Flat", "IVF1024,PQ32", ...) and always
-wrapped in an ``IDMap2`` so callers choose the ids and can remove vectors by id.
+FAISS factory string ("Flat" exact, "HNSW32", "IVF1024,Flat", "IVF1024,PQ32", ...) and holds the
+caller's ids: IVF indexes store them in their inverted lists (and remove by id natively); every
+other type is wrapped in an ``IDMap2``. An ``IDMap2`` must not wrap an IVF index: IVF
+``remove_ids`` compacts each inverted list on its own, while the id map assumes the wrapped index
+shifts every later vector down by one, so after a removal ids and vectors no longer match.
 """
 
 from __future__ import annotations
@@ -73,7 +76,9 @@ class FaissIndex:
         if dim < 1:
             raise ValueError(f"dim={dim} must be >= 1")
         try:
-            index = faiss.index_factory(int(dim), f"IDMap2,{factory}", METRICS[metric])
+            index = faiss.index_factory(int(dim), factory, METRICS[metric])
+            if faiss.try_extract_index_ivf(index) is None:
+                index = faiss.index_factory(int(dim), f"IDMap2,{factory}", METRICS[metric])
         except RuntimeError as e:
             raise FaissIndexError(
                 f"bank.index={factory!r} is not a FAISS factory string FAISS accepts "
@@ -87,6 +92,9 @@ class FaissIndex:
         self.factory = factory
         self.metric = metric
         self.dim = int(index.d)
+        #: an IDMap2 around an IVF index, as versions before 0.2 wrote it: its ids are only right
+        #: until the first removal, so :meth:`refill` it from the vectors it should hold
+        self.needs_refill = isinstance(index, faiss.IndexIDMap2) and self._ivf_or_none() is not None
         ids = self.ids()
         self._next_id = int(ids.max()) + 1 if len(ids) else 0
 
@@ -103,12 +111,20 @@ class FaissIndex:
         return bool(self.index.is_trained)
 
     def ids(self) -> np.ndarray:
-        """The ids held, ``(ntotal,)`` int64, in insertion order."""
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        """The ids held, ``(ntotal,)`` int64: in insertion order, or list by list for IVF."""
+        if isinstance(self.index, faiss.IndexIDMap2):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        lists = self._ivf("ids").invlists
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).astype(np.int64)
+            for i in range(lists.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def nbytes(self) -> int:
         """Size of the serialised index in bytes (what ``save`` writes)."""
-        return int(faiss.serialize_index(self.index).nbytes)
+        return len(self.to_bytes())
 
     # --- building -------------------------------------------------------------------------------
     def train(self, x: np.ndarray) -> None:
@@ -166,6 +182,16 @@ class FaissIndex:
         """Drop every vector (training is kept)."""
         self.index.reset()
 
+    def refill(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Hold exactly ``x (N, D)`` under ``ids (N,)``, keeping the training (IVF centroids, PQ
+        codebooks); an IDMap2 around an IVF index (:attr:`needs_refill`) is unwrapped first."""
+        if self.needs_refill:
+            inner = faiss.downcast_index(self.index.index)
+            self.index = faiss.clone_index(inner)
+            self.needs_refill = False
+        self.index.reset()
+        self.add(x, ids)
+
     # --- searching ------------------------------------------------------------------------------
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``q (B, D)`` -> ``(sims (B, k) float32, ids (B, k) int64)``; missing results get id -1
@@ -204,14 +230,22 @@ class FaissIndex:
     def efSearch(self, value: int) -> None:  # noqa: N802
         self._hnsw("efSearch").hnsw.efSearch = int(value)
 
+    def _ivf_or_none(self) -> faiss.IndexIVF | None:
+        inner = self.index
+        if isinstance(inner, faiss.IndexIDMap2):
+            inner = faiss.downcast_index(inner.index)
+        return faiss.try_extract_index_ivf(inner)
+
     def _ivf(self, what: str) -> faiss.IndexIVF:
-        ivf = faiss.try_extract_index_ivf(self.index)
+        ivf = self._ivf_or_none()
         if ivf is None:
             raise ValueError(f"{what} applies to IVF indexes; this index is {self.factory!r}")
         return ivf
 
     def _hnsw(self, what: str) -> faiss.IndexHNSW:
-        inner = faiss.downcast_index(self.index.index)
+        inner = self.index
+        if isinstance(inner, faiss.IndexIDMap2):
+            inner = faiss.downcast_index(inner.index)
         if not hasattr(inner, "hnsw"):
             raise ValueError(f"{what} applies to HNSW indexes; this index is {self.factory!r}")
         return inner
@@ -220,7 +254,11 @@ class FaissIndex:
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` atomically (temporary file, fsync, rename)."""
         # serialised in memory, written by Python: a full disk is an OSError naming the file
-        atomic_write_bytes(path, faiss.serialize_index(self.index).tobytes())
+        atomic_write_bytes(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The serialised index (what :meth:`save` writes)."""
+        return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
     def load(cls, path: str | Path, factory: str = "", metric: str | None = None) -> FaissIndex:
@@ -228,16 +266,27 @@ class FaissIndex:
         path = Path(path)
         if not path.is_file():
             raise FaissIndexError(f"index file {path} does not exist")
+        return cls.from_bytes(path.read_bytes(), factory, metric, where=str(path))
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes | bytearray,
+        factory: str = "",
+        metric: str | None = None,
+        where: str = "index",
+    ) -> FaissIndex:
+        """An index from the bytes :meth:`to_bytes` gave (``where`` names them in errors)."""
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as e:
             raise FaissIndexError(
-                f"{path} is not a readable FAISS index ({_faiss_message(e)})"
+                f"{where} is not a readable FAISS index ({_faiss_message(e)})"
             ) from None
-        if not isinstance(index, faiss.IndexIDMap2):
-            index = faiss.downcast_index(index)
-            if not isinstance(index, faiss.IndexIDMap2):
-                raise FaissIndexError(f"{path} holds a FAISS index without an id map; rebuild it")
+        # read_index gives the concrete type (and owns it: a downcast_index copy of the proxy
+        # would outlive the object it points to)
+        if not isinstance(index, faiss.IndexIDMap2) and faiss.try_extract_index_ivf(index) is None:
+            raise FaissIndexError(f"{where} holds a FAISS index without an id map; rebuild it")
         if metric is None:
             metric = "ip" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
         obj = cls.__new__(cls)
