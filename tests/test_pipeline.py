@@ -184,8 +184,8 @@ def test_classify_html_review_page(
     for option in ("--html", "-o"):
         assert main(["classify", "--bank", str(demo / "bank"), imgs[0], option, imgs[0]]) == 2
         err = capsys.readouterr().err
-        assert ("--html " if option == "--html" else "--output ") + imgs[0] in err
-        assert "is one of the input images" in err and len(err.splitlines()) == 1
+        assert imgs[0] in err and "is one of the input images" in err
+        assert len(err.splitlines()) == 1
         assert Image.open(imgs[0]).size[0] > 10  # still an image
 
 
