@@ -8,6 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,3 +32,22 @@ def bm7() -> Path:
 @pytest.fixture
 def pbc8() -> Path:
     return shared_data("pbc8")
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick demo, run once for the session (test_pipeline, test_browser)."""
+    out = tmp_path_factory.mktemp("demo")
+    r = cli(
+        "demo",
+        "--config",
+        "configs/demo.yaml",
+        "--out",
+        str(out),
+        "--quick",
+        "--set",
+        "train.threads=2",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Open the report" in r.stdout
+    return out

@@ -278,6 +278,8 @@ def test_check_writable_read_only_folder(tmp_path: Path) -> None:
         ["bank", "build", "--run", "nowhere", "--data", "nowhere", "--out", "{F}/bank"],
         ["bank", "add", "--bank", "{F}/bank", "--label", "NEW", "q.png"],
         ["classify", "--bank", "nowhere", "q.png", "--format", "csv", "-o", "{F}/out.csv"],
+        ["classify", "--bank", "nowhere", "q.png", "--html", "{F}/review.html"],
+        ["bank", "calibrate", "--bank", "{F}/bank"],
         ["search", "--bank", "nowhere", "q.png", "--gallery", "{F}/g.png"],
         ["evaluate", "--run", "nowhere", "--out", "{F}/eval"],
         ["evaluate", "--run", "{F}/run"],

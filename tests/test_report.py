@@ -7,6 +7,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -254,3 +255,66 @@ def test_html_report_minimal(tmp_path: Path, metrics: dict) -> None:
         assert code in body
     assert "0.6000" in body and "0.5000" in body  # accuracy, balanced accuracy
     assert "No config recorded" in body
+
+
+def test_calibration_abstention_and_published_sections(tmp_path: Path, metrics: dict) -> None:
+    from siamese_marrow.data.classes import CLASS_CODES
+    from siamese_marrow.engine.evaluate import published_for
+    from siamese_marrow.engine.reliability import abstention_summary, reliability_summary
+    from siamese_marrow.report import reliability_png, risk_coverage_png
+
+    probs = [[0.87654321, 0.1, 0.02345679], [0.65439999, 0.3, 0.04560001], [0.2, 0.7, 0.1]]
+    probs.append([0.5, 0.1, 0.4])
+    y = [0, 1, 1, 2]  # right, wrong, right, wrong
+    m = dict(metrics)
+    m.update(reliability_summary(np.array(probs), y, n_bins=2))
+    m["nll"] = 1.25
+    m["calibration"] = {
+        "temperature": 1.5,
+        "source": "fitted on <the> validation split",
+        **reliability_summary(
+            np.array(probs) ** 0.5 / np.sum(np.array(probs) ** 0.5, 1)[:, None], y, 2
+        ),
+        "nll": 1.0,
+    }
+    m.update(abstention_summary(np.array(probs), y, (0.9, 0.6)))
+    m["risk_coverage_on"] = "the model's own g"
+    # by hand: kept at >= 0.8765 is 1/1 right; >= 0.7: 2/2; >= 0.6544: 2/3; >= 0.5: 2/4
+    assert [r["threshold"] for r in m["abstention_thresholds"]] == [
+        pytest.approx(0.7),
+        pytest.approx(0.65439999),
+    ]
+    figures = {
+        "Reliability of g": reliability_png(m, tmp_path / "rel.png"),
+        "Risk-coverage": risk_coverage_png(m, tmp_path / "rc.png"),
+    }
+    for png in figures.values():
+        assert_png(png)
+    out = write_report(
+        tmp_path / "r.html",
+        title="t",
+        config=None,
+        metrics=m,
+        figures=figures,
+        baselines={"Prototypes on the same embedding": {"accuracy": 0.4}},
+        published=published_for(["BLA", "LYT", "MON"]),
+        notes=["3 of the 5 images scored are anchors"],
+    )
+    text = out.read_text(encoding="utf-8")
+    parser = TagBalance()
+    parser.feed(text)
+    parser.close()
+    assert parser.errors == [] and parser.stack == []
+    body = "".join(parser.text)
+    assert f"{m['ece']:.4f}" in body and f"{m['calibration']['ece']:.4f}" in body
+    assert "temperature T = 1.5" in body and "fitted on <the> validation split" in body
+    assert "0.7000" in body and "0.6543" in body  # thresholds, rounded down
+    assert "3 of the 5 images scored are anchors" in body
+    # the plots sit in their sections, before the per-class table
+    assert text.index("data:image/png") < text.index('id="per-class"')
+    # own baselines first, then the published figures under a heading saying they differ
+    assert body.index("Prototypes on the same embedding") < body.index("different task")
+    assert "Published figures: different task: 21 classes (this run: 3)" in body
+    assert "Matek 2021" in body
+    same = published_for(CLASS_CODES)
+    assert same.heading.startswith("Published figures on the same 21 classes")

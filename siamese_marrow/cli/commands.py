@@ -125,6 +125,18 @@ def cmd_bank(args: argparse.Namespace) -> int:
         )
     elif args.bank_command == "remove":
         _print_json(banks.bank_remove(args.bank, args.label, run=args.run))
+    elif args.bank_command == "calibrate":
+        from ..engine.calibrate import bank_calibrate
+
+        _print_json(
+            bank_calibrate(
+                args.bank,
+                data=args.data,
+                run=args.run,
+                num_workers=args.workers,
+                progress=not args.quiet,
+            )
+        )
     else:
         _print_json(banks.bank_info(args.bank))
     return 0
@@ -133,13 +145,14 @@ def cmd_bank(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from ..data.datasets import expand_images
     from ..engine.banks import open_bank
-    from ..engine.predict import classify_paths_timed, format_records
+    from ..engine.predict import classify_paths_timed, format_records, write_review_page
     from ..utils import refuse_overwriting_inputs
 
-    _check_outputs(args.output)
+    _check_outputs(args.output, args.html)
     bank = open_bank(args.bank, run=args.run)
     images = expand_images(args.images)
-    refuse_overwriting_inputs(args.output, [*images, *(a["path"] for a in bank.anchors)])
+    for output in (args.output, args.html):
+        refuse_overwriting_inputs(output, [*images, *(a["path"] for a in bank.anchors)])
     records, timing = classify_paths_timed(
         bank,
         images,
@@ -154,6 +167,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
         atomic_write_text(args.output, text)
     else:
         sys.stdout.write(text)
+    if args.html:
+        page = write_review_page(
+            bank, records, args.html, bank_dir=args.bank, abstain_below=args.abstain_below
+        )
+        print(
+            f"review page {page['path']}: {page['cells']} cells, "
+            f"{page['bytes'] / 1e6:.1f} MB ({page['seconds']:.1f} s)",
+            file=sys.stderr,
+        )
     if args.timing:
         print(json.dumps(timing), file=sys.stderr)
     return 0
@@ -228,6 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bank=args.bank,
             out=args.out,
             checkpoint=args.checkpoint,
+            calibrate=args.calibrate,
             progress=not args.quiet,
         )
     )

@@ -110,6 +110,17 @@ def _add_bank(sub: Any) -> None:
     b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True)
     b.add_argument("--run", help="the run whose model built the bank, if it has moved")
+    b = bank_sub.add_parser(
+        "calibrate", help="fit the temperature of g on held-out images; classify then uses it"
+    )
+    b.add_argument("--bank", required=True, help="anchor bank folder")
+    b.add_argument(
+        "--data",
+        help="labelled images, not anchors (default: the validation split of the bank's run)",
+    )
+    b.add_argument("--run", help="the run whose model built the bank, if it has moved")
+    b.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
+    b.add_argument("--quiet", action="store_true")
     b = bank_sub.add_parser("info", help="print a bank's manifest")
     b.add_argument("--bank", required=True, help="anchor bank folder")
     p.set_defaults(func=cmd_bank)
@@ -135,6 +146,12 @@ def _add_classify(sub: Any) -> None:
         "--top-m", type=arg_count, help="FAISS candidates per query (default: the bank's)"
     )
     p.add_argument("--output", "-o", help="write here instead of standard output")
+    p.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a review page: uncertain calls first, then by class, each cell with g "
+        "and its supporting anchors (one self-contained file)",
+    )
     p.add_argument("--timing", action="store_true", help="print the time breakdown to stderr")
     p.add_argument("--run", help="the run whose model built the bank, if it has moved")
     p.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
@@ -192,6 +209,12 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--bank", help="anchor bank (default: the run's training split, in memory)")
     p.add_argument("--out", help="output folder (default RUN/eval)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="fit no temperature (report the calibration of the model's own g only)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "--force",

@@ -14,8 +14,10 @@ import torch
 
 from ..data.datasets import expand_images
 from ..errors import DataError
+from ..index.calibration import bank_temperature
 from ..index.classify import Classification, classify, search
 from ..models.embed import ImageLike, embed_images, embed_paths
+from ..report import write_review
 from .banks import BankLike, open_bank
 
 
@@ -127,3 +129,32 @@ def search_paths(
     files = expand_images(paths)
     emb, _ = embed_paths(bank.model, files, batch_size)
     return [{"path": p, "neighbours": n} for p, n in zip(files, search(bank, emb, k), strict=True)]
+
+
+def write_review_page(
+    bank: BankLike,
+    records: Sequence[dict[str, Any]],
+    out_html: str | Path,
+    *,
+    bank_dir: str | Path | None = None,
+    abstain_below: float | None = None,
+) -> dict[str, Any]:
+    """The review page of ``classify --html`` for ``records`` (:func:`classify_paths`) made with
+    ``bank``: ``{"path", "cells", "bytes", "seconds"}`` (see :func:`siamese_marrow.report.
+    write_review`)."""
+    bank = open_bank(bank)
+    t = bank_temperature(bank)
+    fitted = bank.calibration.get("fitted_on") if bank.calibration else None
+    about = [
+        f"Bank {bank_dir or '(in memory)'}: {len(bank)} anchors of {len(bank.classes)} classes; "
+        f"model {bank.run.run} ({bank.run.name}).",
+        f"g scaled by the bank's temperature {t:.4g} (fitted on {fitted})."
+        if fitted
+        else "g is the model's own (the bank holds no temperature: siamese-marrow bank calibrate).",
+    ]
+    below = bank.bank_config.abstain_below if abstain_below is None else abstain_below
+    if any(r["prediction"] == "uncertain" for r in records) or below > 0:
+        about.append(f"Calls whose top probability is below {below:g} are 'uncertain'.")
+    return write_review(
+        out_html, records, title="siamese-marrow review", classes=bank.classes, about=about
+    )

@@ -3,6 +3,7 @@ consensus classification and nearest-anchor search over it, and retrieval metric
 
 from ..errors import BankError, FaissIndexError, IndexTrainingError, RemoveUnsupported
 from .bank import AnchorBank
+from .calibration import apply_temperature, bank_temperature, fit_temperature
 from .classify import UNCERTAIN, Classification, classify, search
 from .faiss_index import FaissIndex, set_num_threads
 from .retrieval import (
@@ -24,9 +25,12 @@ __all__ = [
     "FaissIndexError",
     "IndexTrainingError",
     "RemoveUnsupported",
+    "apply_temperature",
     "bank_retrieval",
+    "bank_temperature",
     "classify",
     "evaluate_retrieval",
+    "fit_temperature",
     "map_at_r",
     "precision_at_1",
     "r_precision",

@@ -67,6 +67,7 @@ class AnchorBank:
         self.embeddings = np.zeros((0, self.model.dim), np.float32)
         self.anchors: list[dict[str, Any]] = []
         self.next_id = 0
+        self.calibration: dict[str, Any] = {}  # {"temperature": T, ...} (index.calibration)
         self._refresh()
 
     # --- views ----------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ class AnchorBank:
             "num_anchors": len(self.anchors),
             "next_id": int(self.next_id),
             "classes": self.class_counts(),
+            "calibration": self.calibration,
             "files": files,
         }
 
@@ -310,6 +312,7 @@ class AnchorBank:
         bank.embeddings = emb
         bank.anchors = anchors
         bank.next_id = int(manifest.get("next_id", len(anchors)))
+        bank.calibration = manifest.get("calibration") or {}  # checked where it is used
         bank._refresh()
         if bank.index.needs_refill:  # written by an older version: ids only right until a removal
             bank.index.refill(bank.embeddings, bank.ids)

@@ -8,7 +8,8 @@ For each query embedding (DESIGN.md, "Anchor bank"):
    (one matrix product per class, for all the queries that need it);
 3. the pair heads score the query against all its candidates in ONE batched call
    (queries x candidates, padding labelled -1 so the consensus ignores it);
-4. ``model.consensus`` aggregates per class into g, which therefore covers every class.
+4. ``model.consensus`` aggregates per class into g, which therefore covers every class;
+5. g is scaled by the bank's temperature (:mod:`.calibration`) when ``bank calibrate`` stored one.
 
 With ``bank.score_all_anchors`` every anchor is a candidate (steps 1-2 are skipped): the exact
 consensus, unbiased across class sizes with ``model.aggregate=mean``.
@@ -20,6 +21,7 @@ probabilities that anchor and query show the same class.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,7 @@ import torch
 
 from ..errors import BankError
 from .bank import AnchorBank
+from .calibration import apply_temperature, bank_temperature
 from .faiss_index import as_matrix
 
 UNCERTAIN = "uncertain"
@@ -40,7 +43,7 @@ class Classification:
 
     Attributes:
         classes: the bank's classes (columns of ``probabilities``).
-        probabilities: g, ``(B, C)`` float32; each row sums to 1.
+        probabilities: g, ``(B, C)`` float32; each row sums to 1 (scaled by ``temperature``).
         top: ``(B,)`` index of the most probable class.
         predictions: class code, or ``"uncertain"`` when the top probability < ``abstain_below``.
         support: per query, the top class's candidate anchors, best pair probability first:
@@ -48,6 +51,7 @@ class Classification:
         timing: seconds spent in ``search_s`` (FAISS + per-class exact search), ``heads_s`` (pair
             heads + consensus) and ``total_s``.
         num_candidates: ``(B,)`` candidates scored per query.
+        temperature: the temperature g was scaled by (1.0: the model's own g).
     """
 
     classes: list[str]
@@ -57,6 +61,21 @@ class Classification:
     support: list[list[dict[str, Any]]]
     timing: dict[str, float] = field(default_factory=dict)
     num_candidates: np.ndarray | None = None
+    temperature: float = 1.0
+
+    def with_temperature(self, temperature: float, abstain_below: float) -> Classification:
+        """The same calls with the model's own g (this result must hold it: ``temperature``
+        1.0) scaled by ``temperature`` and "uncertain" decided again at ``abstain_below``; the
+        top classes and supporting anchors do not change."""
+        if self.temperature != 1.0:
+            raise ValueError(f"g is already scaled by temperature {self.temperature}")
+        p = apply_temperature(self.probabilities, temperature)
+        return dataclasses.replace(
+            self,
+            probabilities=p,
+            predictions=_predictions(p, self.top, self.classes, abstain_below),
+            temperature=float(temperature),
+        )
 
     def records(self, paths: list[str]) -> list[dict[str, Any]]:
         """One dict per query in the classify-jsonl shape."""
@@ -71,6 +90,12 @@ class Classification:
                 paths, self.predictions, self.probabilities, self.support, strict=True
             )
         ]
+
+
+def _predictions(
+    p: np.ndarray, top: np.ndarray, classes: list[str], abstain_below: float
+) -> list[str]:
+    return [UNCERTAIN if p[i, t] < abstain_below else classes[t] for i, t in enumerate(top)]
 
 
 def class_members(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
@@ -184,10 +209,12 @@ def classify(
     abstain_below: float | None = None,
     n_support: int = 5,
     chunk: int = 64,
+    temperature: float | None = None,
 ) -> Classification:
     """Consensus class probabilities of query embeddings ``(B, D)`` over every bank class.
 
-    ``top_m``, ``per_class_k``, ``abstain_below`` default to the bank's ``bank_config``.
+    ``top_m``, ``per_class_k``, ``abstain_below`` default to the bank's ``bank_config``;
+    ``temperature`` to the one in the bank's manifest (``bank calibrate``; 1.0 when none).
     ``per_class_k >= 1`` guarantees that every class gets a probability; 0 scores only the top-M.
     Queries are processed ``chunk`` at a time (memory ~ chunk x candidates x D floats). The
     supporting anchors are given for the top class even when the prediction is "uncertain".
@@ -196,6 +223,7 @@ def classify(
     top_m = cfg.top_m if top_m is None else top_m
     per_class_k = cfg.per_class_k if per_class_k is None else per_class_k
     abstain_below = cfg.abstain_below if abstain_below is None else abstain_below
+    temperature = bank_temperature(bank) if temperature is None else float(temperature)
     if len(bank) == 0:
         raise BankError("the bank holds no anchors; add some with bank add")
     if top_m <= 0 and per_class_k <= 0:
@@ -238,7 +266,8 @@ def classify(
         counts.append((rows >= 0).sum(1))
     p = np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32)
     top = p.argmax(1) if len(p) else np.zeros(0, np.int64)
-    preds = [UNCERTAIN if p[i, t] < abstain_below else bank.classes[t] for i, t in enumerate(top)]
+    p = apply_temperature(p, temperature)
+    preds = _predictions(p, top, bank.classes, abstain_below)
     timing = {"search_s": t_search, "heads_s": t_heads, "total_s": time.perf_counter() - t_total}
     return Classification(
         list(bank.classes),
@@ -248,6 +277,7 @@ def classify(
         support,
         timing,
         np.concatenate(counts) if counts else np.zeros(0, np.int64),
+        temperature,
     )
 
 

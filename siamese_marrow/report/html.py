@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
-import math
-import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from ..data.classes import MATEK_CLASSES
 from ..utils import atomic_write_text, printable
+from .reliability import abstention_section, calibration_section
+from .tables import fmt as _fmt
+from .tables import table as _table
+from .thumbs import GALLERY_CSS, mistakes_gallery_html
 
 #: The four figures always reported together (accuracy alone flatters imbalanced data).
 HEADLINE_COLUMNS = (
@@ -60,44 +63,9 @@ pre { background: #f6f8fa; border: 1px solid #ddd; padding: .8em; overflow-x: au
       font-size: .85em; }
 p.note { color: #555; font-size: .9em; }
 .missing { color: #a00000; }
+p.warn { background: #fff4e0; border-left: 4px solid #e08a00; padding: .4em .8em; }
+code { background: #f0f0f0; padding: 0 .2em; }
 """
-
-
-def _fmt(v: Any) -> str:
-    """A table cell's text, escaped: floats to 4 decimals, None as a dash."""
-    if v is None:
-        return "&mdash;"
-    if isinstance(v, bool):
-        return escape(str(v))
-    if isinstance(v, numbers.Integral):
-        return escape(str(int(v)))
-    if isinstance(v, numbers.Real):
-        v = float(v)
-        return "&mdash;" if math.isnan(v) else escape(f"{v:.4f}")
-    if isinstance(v, (dict, list, tuple)):
-        return escape(json.dumps(v, default=str))
-    return escape(str(v))
-
-
-def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "", text_cols: int = 1
-) -> str:
-    """Rows of pre-escaped cells; the first ``text_cols`` columns are left-aligned."""
-    c = f' class="{cls}"' if cls else ""
-    left = ' class="t"'
-    head = "".join(
-        f"<th{left if i < text_cols else ''}>{escape(h)}</th>" for i, h in enumerate(headers)
-    )
-    body = []
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            if isinstance(cell, tuple):  # (html, css class)
-                cells.append(f'<td class="{cell[1]}">{cell[0]}</td>')
-            else:
-                cells.append(f"<td{left if i < text_cols else ''}>{cell}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table{c}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _headline_row(m: Mapping[str, Any]) -> list[str]:
@@ -164,12 +132,34 @@ def _confusion_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def _baselines_section(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping]) -> str:
+@dataclass
+class Published:
+    """Published figures shown for orientation under ``heading``: ``name -> headline metrics``."""
+
+    heading: str
+    rows: Mapping[str, Mapping[str, Any]]
+    note: str = ""
+
+
+def _baselines_section(
+    metrics: Mapping[str, Any],
+    baselines: Mapping[str, Mapping[str, Any]],
+    published: Published | None,
+) -> str:
+    if not baselines and not published:
+        return ""
+    headers = ["model"] + [label for _, label in HEADLINE_COLUMNS]
     rows = [["<strong>this model</strong>"] + _headline_row(metrics)]
     for name, m in baselines.items():
         rows.append([escape(str(name))] + _headline_row(m or {}))
-    headers = ["model"] + [label for _, label in HEADLINE_COLUMNS]
-    return '<h2 id="baselines">Baselines</h2>' + _table(headers, rows)
+    out = '<h2 id="baselines">Baselines</h2>' + _table(headers, rows)
+    if published:
+        out += f"<h3>{escape(published.heading)}</h3>"
+        rows = [[escape(str(n))] + _headline_row(m or {}) for n, m in published.rows.items()]
+        out += _table(headers, rows)
+        if published.note:
+            out += f'<p class="note">{escape(published.note)}</p>'
+    return out
 
 
 def _retrieval_section(retrieval: Mapping[str, Any]) -> str:
@@ -233,19 +223,6 @@ def _image_tag(name: str, path: Path) -> str:
     )
 
 
-def _figures_sections(figures: Mapping[str, Path]) -> str:
-    plain = {k: v for k, v in figures.items() if not _is_gallery(k)}
-    galleries = {k: v for k, v in figures.items() if _is_gallery(k)}
-    out = ""
-    if plain:
-        out += '<h2 id="figures">Figures</h2>' + "".join(_image_tag(k, v) for k, v in plain.items())
-    if galleries:
-        out += '<h2 id="galleries">Galleries</h2>' + "".join(
-            _image_tag(k, v) for k, v in galleries.items()
-        )
-    return out
-
-
 def _is_gallery(name: str) -> bool:
     low = str(name).lower()
     return any(w in low for w in _GALLERY_WORDS)
@@ -280,6 +257,55 @@ def _config_section(config: Mapping[str, Any] | None) -> str:
     )
 
 
+def _sections(
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, Path],
+    baselines: Mapping[str, Mapping[str, Any]] | None,
+    published: Published | None,
+    retrieval: Mapping[str, Any] | None,
+    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None,
+    mistakes: Sequence[Mapping[str, Any]] | None,
+) -> list[tuple[str, str, str]]:
+    """``(anchor, nav label, html)`` of every section, in reading order ("" = left out)."""
+
+    def named(word: str) -> dict[str, Path]:
+        return {k: v for k, v in figures.items() if str(k).lower().startswith(word)}
+
+    calibration, abstention = named("reliability"), named("risk-coverage")
+    plain = {
+        k: v
+        for k, v in figures.items()
+        if not _is_gallery(k) and k not in calibration and k not in abstention
+    }
+    galleries = {k: v for k, v in figures.items() if _is_gallery(k)}
+    gallery_html = _images(galleries)
+    if mistakes is not None:
+        gallery_html += "<h3>The most confident mistakes</h3>" + mistakes_gallery_html(mistakes)
+    return [
+        ("headline", "Headline", _headline_section(metrics)),
+        ("calibration", "Calibration", _with(calibration_section(metrics), calibration)),
+        ("abstention", "Abstention", _with(abstention_section(metrics), abstention)),
+        ("per-class", "Per class", _per_class_section(metrics)),
+        ("baselines", "Baselines", _baselines_section(metrics, baselines or {}, published)),
+        ("retrieval", "Retrieval", _retrieval_section(retrieval) if retrieval else ""),
+        ("tables", "Tables", _extra_tables_section(extra_tables) if extra_tables else ""),
+        ("figures", "Figures", _section("figures", "Figures", _images(plain))),
+        ("galleries", "Galleries", _section("galleries", "Galleries", gallery_html)),
+    ]
+
+
+def _with(section: str, figures: Mapping[str, Path]) -> str:
+    return section + _images(figures) if section else ""
+
+
+def _images(figures: Mapping[str, Path]) -> str:
+    return "".join(_image_tag(k, v) for k, v in figures.items())
+
+
+def _section(anchor: str, heading: str, body: str) -> str:
+    return f'<h2 id="{anchor}">{escape(heading)}</h2>{body}' if body else ""
+
+
 def render_report(
     *,
     title: str,
@@ -289,67 +315,46 @@ def render_report(
     baselines: Mapping[str, Mapping[str, Any]] | None = None,
     retrieval: Mapping[str, Any] | None = None,
     extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    published: Published | None = None,
+    mistakes: Sequence[Mapping[str, Any]] | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
     """The report as an HTML5 string (see :func:`write_report`)."""
-    figures = figures or {}
-    sections = [_headline_section(metrics), _per_class_section(metrics)]
-    links = [("headline", "Headline"), ("per-class", "Per class")]
-    if baselines:
-        sections.append(_baselines_section(metrics, baselines))
-        links.append(("baselines", "Baselines"))
-    if retrieval:
-        sections.append(_retrieval_section(retrieval))
-        links.append(("retrieval", "Retrieval"))
-    if extra_tables:
-        sections.append(_extra_tables_section(extra_tables))
-        links.append(("tables", "Tables"))
-    sections.append(_figures_sections(figures))
-    if any(not _is_gallery(k) for k in figures):
-        links.append(("figures", "Figures"))
-    if any(_is_gallery(k) for k in figures):
-        links.append(("galleries", "Galleries"))
-    sections.append(_config_section(config))
-    links.append(("config", "Config"))
-    nav = "<nav>" + "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in links) + "</nav>"
+    parts = _sections(
+        metrics, figures or {}, baselines, published, retrieval, extra_tables, mistakes
+    )
+    parts = [p for p in parts if p[2]] + [("config", "Config", _config_section(config))]
+    links = "".join(f'<a href="#{a}">{escape(label)}</a>' for a, label, _ in parts)
+    warn = "".join(f'<p class="warn">{escape(str(n))}</p>' for n in notes)
     t = escape(str(title))
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{t}</title><style>{_CSS}</style></head>\n"
-        f"<body><h1>{t}</h1>{nav}\n" + "\n".join(s for s in sections if s) + "\n</body></html>\n"
+        f"<title>{t}</title><style>{_CSS}{GALLERY_CSS}</style></head>\n"
+        f"<body><h1>{t}</h1><nav>{links}</nav>{warn}\n"
+        + "\n".join(p[2] for p in parts)
+        + "\n</body></html>\n"
     )
 
 
-def write_report(
-    out_html: str | Path,
-    *,
-    title: str,
-    config: Mapping[str, Any] | None,
-    metrics: Mapping[str, Any],
-    figures: Mapping[str, Path],
-    baselines: Mapping[str, Mapping[str, Any]] | None = None,
-    retrieval: Mapping[str, Any] | None = None,
-    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-) -> Path:
-    """Write one self-contained HTML5 report and return its path.
+def write_report(out_html: str | Path, **parts: Any) -> Path:
+    """Write one self-contained HTML5 report and return its path; ``parts`` are the keyword
+    arguments of :func:`render_report`.
 
     Sections: headline metrics (accuracy, balanced accuracy, weighted F1, macro F1, together),
-    per-class table (with the cell type's full name where known and the confusion counts),
-    baselines (``name -> headline metrics``) and retrieval metrics when given, ``extra_tables``
-    (``name -> rows``), figures, galleries (figures whose name mentions gallery or mistake) and the
-    config as a collapsible YAML block. Images are embedded as base64 ``data:`` URIs; a figure
-    file that is missing is reported in place. The file is written atomically.
+    ``notes`` as warnings under the title, calibration (ECE before and after a temperature) and
+    abstention (the ``--abstain-below`` thresholds reaching given accuracies) when ``metrics``
+    has them (figures named "Reliability..." and "Risk-coverage..." are shown in these two
+    sections), per-class table (with the cell type's full name where known and the confusion
+    counts), baselines (``name -> headline metrics``, this run's own, on the same images) then
+    ``published`` figures under their own heading, retrieval metrics, ``extra_tables``
+    (``name -> rows``), figures, galleries (figures whose name mentions gallery or mistake, and
+    ``mistakes`` as JPEG thumbnails) and the config as a collapsible YAML block. Images are
+    embedded as base64 ``data:`` URIs; a figure file that is missing is reported in place. The
+    file is written atomically.
     """
     out_html = Path(out_html)
-    text = render_report(
-        title=title,
-        config=config,
-        metrics=metrics,
-        figures=figures,
-        baselines=baselines,
-        retrieval=retrieval,
-        extra_tables=extra_tables,
-    )
+    text = render_report(**parts)
     atomic_write_text(out_html, printable(text))  # valid UTF-8 even for non-UTF-8 file names
     return out_html
