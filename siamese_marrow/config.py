@@ -186,6 +186,9 @@ class BankConfig:
     score_all_anchors: bool = False
     # Calls whose top probability is below this are "uncertain" (0 = never).
     abstain_below: float = 0.0
+    # Embed anchors and queries as the mean of their 8 dihedral views (rotations by 90 degrees,
+    # mirrored or not): cells have no up; 8x the embedding time.
+    tta: bool = False
 
 
 @dataclass
