@@ -197,8 +197,8 @@ def frozen_section(
     mc = cfg.model
     bb = create_backbone(mc.backbone, mc.pretrained, embed_dim=0, img_size=mc.img_size).eval()
     tta, bs = cfg.bank.tta, cfg.train.eval_batch_size
-    x_a, _ = embed_paths(bb, paths(data.train), bs, tta=tta)  # type: ignore[arg-type]
-    x_t, _ = embed_paths(bb, paths(data.test), bs, tta=tta)  # type: ignore[arg-type]
+    x_a, _ = embed_paths(bb, paths(data.train), bs, tta=tta)
+    x_t, _ = embed_paths(bb, paths(data.test), bs, tta=tta)
     y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
     rows = {
         "frozen features: logistic regression (probe)": headline(
@@ -209,7 +209,7 @@ def frozen_section(
         ),
     }
     samples, y_fs, names = fs
-    x_fs, _ = embed_paths(bb, paths(samples), bs, tta=tta)  # type: ignore[arg-type]
+    x_fs, _ = embed_paths(bb, paths(samples), bs, tta=tta)
     few = fewshot_evaluate(None, x_fs, y_fs, **FEWSHOT, class_names=names)
     return rows, few["results"]
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.datasets import collate_images
 from ..data.io import load_rgb
-from ..data.transforms import eval_transform
+from ..data.transforms import DataSpec, eval_transform
 from .backbone import Backbone
 from .siamese import SiameseNet
 
@@ -112,8 +112,13 @@ class _ImageDataset(Dataset):
         return self.transform(img), 0
 
 
+def _spec_of(model: SiameseNet | Backbone) -> DataSpec:
+    """The input spec of a model, or of a bare backbone."""
+    return model.spec if isinstance(model, Backbone) else model.backbone.spec
+
+
 def embed_paths(
-    model: SiameseNet,
+    model: SiameseNet | Backbone,
     paths: Sequence[str | Path],
     batch_size: int = 64,
     num_workers: int = 0,
@@ -125,7 +130,7 @@ def embed_paths(
     and a timing breakdown: ``backbone_s`` (``model.embed`` only), ``load_s`` (decode +
     transform) and ``total_s``."""
     timing: dict[str, float] = {}
-    ds = _ImageDataset([str(p) for p in paths], eval_transform(model.backbone.spec))
+    ds = _ImageDataset([str(p) for p in paths], eval_transform(_spec_of(model)))
     emb, _ = embed_dataset(
         model, ds, batch_size, num_workers, progress=progress, desc=desc, timing=timing, tta=tta
     )
@@ -133,7 +138,7 @@ def embed_paths(
 
 
 def embed_images(
-    model: SiameseNet,
+    model: SiameseNet | Backbone,
     images: Sequence[ImageLike] | torch.Tensor,
     batch_size: int = 64,
     tta: bool = False,
@@ -154,6 +159,6 @@ def embed_images(
             ]
         model.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, model.dim), np.float32)
-    ds = _ImageDataset(list(images), eval_transform(model.backbone.spec))
+    ds = _ImageDataset(list(images), eval_transform(_spec_of(model)))
     emb, _ = embed_dataset(model, ds, batch_size, tta=tta)
     return emb.astype(np.float32, copy=False)
