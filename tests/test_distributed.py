@@ -394,3 +394,51 @@ def test_sharded_classify_and_evaluate_write_what_one_process_writes(
     )
     assert [r["prediction"] for r in p1] == [r["prediction"] for r in p2]
     assert Path(f"{tmp_path / 'log'}.1").read_text() == ""  # rank 1 printed nothing
+
+
+def test_an_image_that_fails_on_one_rank_stops_every_rank_with_its_message(
+    tiny_data: Path, two_rank_run: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    for c in ("BLA", "EOS"):
+        (data / c).mkdir(parents=True)
+        for p in sorted((tiny_data / c).glob("*.jpg")):
+            (data / c / p.name).write_bytes(p.read_bytes())
+    (data / "EOS" / "zz_broken.jpg").write_bytes(b"not a jpeg")  # the last image: rank 1's share
+    argv = ["bank", "build", "--run", str(two_rank_run), "--data", str(data)]
+    argv += ["--out", str(tmp_path / "bank"), "--quiet"]
+    log = str(tmp_path / "log")
+    assert run_ranks(_commands_rank, [argv], log) == [2, 2]
+    said = Path(f"{log}.0").read_text().strip().splitlines()
+    assert len(said) == 1 and "error: rank 1 of 2: " in said[0] and "zz_broken.jpg" in said[0]
+    assert Path(f"{log}.1").read_text() == ""  # rank 0 said it for both
+    assert not (tmp_path / "bank").exists()
+
+
+def test_sync_bn_on_cpu_ranks_is_refused_before_any_file_is_written(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run, log = tmp_path / "run", str(tmp_path / "log")
+    over = [*TINY, f"data.root={tiny_data}", "scale.sync_bn=true"]
+    argv = ["train", "--out", str(run), "--quiet", *_set_args(over)]
+    assert run_ranks(_cli_rank, argv, log) == [2, 2]
+    said = Path(f"{log}.0").read_text().strip().splitlines()
+    assert len(said) == 1 and "scale.sync_bn=true needs CUDA" in said[0], said
+    assert Path(f"{log}.1").read_text() == ""
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_commands_that_do_not_share_their_work_are_refused_under_torchrun(
+    rank: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    assert cli.main(["synth", "--out", str(tmp_path / "s"), "--per-class", "1"]) == 2
+    err = capsys.readouterr().err
+    if rank:
+        assert err == ""
+    else:
+        assert err.startswith("siamese-marrow synth: error: siamese-marrow synth runs in one")
+        assert "train, bank build, evaluate, classify" in err
+    assert not (tmp_path / "s").exists()
