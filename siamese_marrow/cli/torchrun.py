@@ -46,7 +46,7 @@ def session(command: str, args: argparse.Namespace) -> Iterator[None]:
     import torch
 
     from ..config import ScaleConfig
-    from ..engine.distributed import env_ranks, init_group
+    from ..engine.distributed import env_ranks, init_group, lost_rank_errors
     from ..errors import ConfigError
     from ..models.sharding import mark_shared, sharded_embedding
 
@@ -65,8 +65,11 @@ def session(command: str, args: argparse.Namespace) -> Iterator[None]:
                 args.quiet = True
             devnull = stack.enter_context(open(os.devnull, "w"))
             stack.enter_context(contextlib.redirect_stdout(devnull))
-        if command != "train":
+        if command != "train":  # train joins the group itself, with the run's scale.timeout_s
             device = "cuda" if torch.cuda.is_available() else "cpu"
             init_group(device, ScaleConfig.timeout_s, stack)
             stack.enter_context(sharded_embedding())
+            # every collective comes before the first write: nothing was written
+            then = "Nothing was written: run the command again"
+            stack.enter_context(lost_rank_errors(ScaleConfig.timeout_s, then))
         yield

@@ -273,9 +273,9 @@ _LOST = ("connection", "closed", "reset", "broken pipe", "timed out", "timeout",
 
 
 @contextlib.contextmanager
-def lost_rank_errors(out: Path, timeout_s: float) -> Iterator[None]:
+def lost_rank_errors(timeout_s: float, then: str) -> Iterator[None]:
     """Turn a failed collective (another rank died, was killed or hangs) into one
-    :class:`TrainingError` that says what happened and how to go on."""
+    :class:`TrainingError` that says what happened and, in ``then``, how to go on."""
     try:
         yield
     except (RuntimeError, dist.DistError) as e:
@@ -289,9 +289,7 @@ def lost_rank_errors(out: Path, timeout_s: float) -> Iterator[None]:
         said = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0][:200]
         raise TrainingError(
             f"rank {rank} of {world} lost the other ranks ({said}): one of them died, was "
-            f"killed or did not answer for scale.timeout_s={timeout_s:g} s. Rank 0 keeps the last "
-            f"checkpoint in {out}: continue with the same torchrun command and train --resume "
-            f"{out}"
+            f"killed or did not answer for scale.timeout_s={timeout_s:g} s. {then}"
         ) from None
 
 

@@ -414,7 +414,11 @@ def train(
     Returns a summary: best validation metrics, the frozen-feature probe's metrics (when
     ``train.baseline_probe``), wall time and the number of steps.
     """
-    with ExitStack() as stack, distributed.lost_rank_errors(Path(out), cfg.scale.timeout_s):
+    then = (
+        f"Rank 0 keeps the last checkpoint in {out}: continue with the same torchrun command "
+        f"and train --resume {out}"
+    )
+    with ExitStack() as stack, distributed.lost_rank_errors(cfg.scale.timeout_s, then):
         return _train(cfg, Path(out), resume, progress, force, stack)
 
 
