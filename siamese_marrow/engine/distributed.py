@@ -272,6 +272,14 @@ def train_loader(dataset: Dataset, batch_sampler: Any, num_workers: int, device:
 _LOST = ("connection", "closed", "reset", "broken pipe", "timed out", "timeout", "gloo", "nccl")
 
 
+def resume_hint(out: str | Path) -> str:
+    """What to do after a training job lost a rank."""
+    return (
+        f"Rank 0 keeps the last checkpoint in {out}: continue with the same torchrun command "
+        f"and train --resume {out}"
+    )
+
+
 @contextlib.contextmanager
 def lost_rank_errors(timeout_s: float, then: str) -> Iterator[None]:
     """Turn a failed collective (another rank died, was killed or hangs) into one

@@ -211,13 +211,9 @@ def _open_run_folder(job: _Job, resume: bool) -> None:
             )
     probe_path = out / "baseline_probe.json"
     has_held_out = bool(data.val or data.test)
-    # under torchrun rank 0 decides, and every rank embeds its share for the probe
-    if (
-        job.cfg.train.baseline_probe
-        and has_held_out
-        and not distributed.on_main(probe_path.is_file)
-    ):
-        probe = frozen_probe(data, job.cfg, job.device)
+    probed = distributed.on_main(probe_path.is_file)  # rank 0 decides for every rank
+    if job.cfg.train.baseline_probe and has_held_out and not probed:
+        probe = frozen_probe(data, job.cfg, job.device)  # under torchrun: every rank, sharded
         if job.ranks.main:
             probe_path.write_text(json.dumps(probe, indent=2))
     if probe_path.is_file():
@@ -414,11 +410,8 @@ def train(
     Returns a summary: best validation metrics, the frozen-feature probe's metrics (when
     ``train.baseline_probe``), wall time and the number of steps.
     """
-    then = (
-        f"Rank 0 keeps the last checkpoint in {out}: continue with the same torchrun command "
-        f"and train --resume {out}"
-    )
-    with ExitStack() as stack, distributed.lost_rank_errors(cfg.scale.timeout_s, then):
+    lost = distributed.lost_rank_errors(cfg.scale.timeout_s, distributed.resume_hint(out))
+    with ExitStack() as stack, lost:
         return _train(cfg, Path(out), resume, progress, force, stack)
 
 
