@@ -270,25 +270,15 @@ def test_killed_two_process_run_ends_clearly_and_resumes_to_the_same_weights(
     ]
 
 
-def test_a_resume_needs_as_many_processes(two_rank_run: Path) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "siamese_marrow.cli",
-            "train",
-            "--resume",
-            str(two_rank_run),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
-    )
-    assert r.returncode == 2
-    assert "was trained by 2 process(es) and this job has 1" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_a_resume_needs_as_many_processes(
+    two_rank_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = (two_rank_run / "metrics.jsonl").read_text()
+    assert cli.main(["train", "--resume", str(two_rank_run), "--quiet"]) == 2  # one process
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained by 2 process(es) and this job has 1" in err[0], err
+    assert "resume it with 2 processes in all" in err[0]
+    assert (two_rank_run / "metrics.jsonl").read_text() == before
 
 
 @pytest.fixture(scope="module")
@@ -442,3 +432,9 @@ def test_commands_that_do_not_share_their_work_are_refused_under_torchrun(
         assert err.startswith("siamese-marrow synth: error: siamese-marrow synth runs in one")
         assert "train, bank build, evaluate, classify" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_leading_double_dash_is_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``torchrun ... -m siamese_marrow.cli -- bank info ...``: the command after ``--``."""
+    assert cli.main(["--", "bank", "info", "--bank", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith("siamese-marrow bank info: error: ")
