@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config
 from ..data.datasets import collate_images
 from ..errors import ConfigError, TrainingError
-from ..models.sharding import error_from, mark_shared, rank_and_world
+from ..models.sharding import describe, error_from, mark_shared, rank_and_world
 from ..utils import resolve_device
 
 T = TypeVar("T")
@@ -147,12 +147,12 @@ def on_main(fn: Callable[[], T]) -> T:
         try:
             box[0] = ("ok", fn())
         except Exception as e:  # noqa: BLE001 - the others must not wait for a result
-            box[0] = ("error", type(e), str(e))
+            box[0] = ("error", describe(e))
             dist.broadcast_object_list(box, src=0)
             raise mark_shared(e) from None
     dist.broadcast_object_list(box, src=0)
     if box[0][0] == "error":
-        raise error_from(box[0][1], f"rank 0 of {world}: {box[0][2]}")
+        raise error_from(box[0][1], f"rank 0 of {world}: ")
     return box[0][1]
 
 

@@ -94,11 +94,17 @@ def is_shared(error: BaseException) -> bool:
     return bool(getattr(error, SHARED_MARK, False))
 
 
-def error_from(kind: type, text: str) -> BaseException:
-    """An error of another rank, rebuilt here: a :class:`SiameseMarrowError` for user errors
-    (the message says what to do), a ``RuntimeError`` otherwise; marked as shared."""
-    cls = SiameseMarrowError if issubclass(kind, SiameseMarrowError) else RuntimeError
-    return mark_shared(cls(text))
+def describe(error: BaseException) -> tuple[bool, str]:
+    """What another rank needs to know of ``error`` (plain values, picklable whatever the error
+    is): whether it is a user error, and its message."""
+    return isinstance(error, SiameseMarrowError), str(error)
+
+
+def error_from(described: tuple[bool, str], prefix: str = "") -> BaseException:
+    """Another rank's error (:func:`describe`), rebuilt here: a :class:`SiameseMarrowError`
+    for a user error (its message says what to do), else a ``RuntimeError``; marked as shared."""
+    user, text = described
+    return mark_shared((SiameseMarrowError if user else RuntimeError)(prefix + text))
 
 
 def raise_if_any_failed(error: BaseException | None) -> None:
@@ -106,13 +112,13 @@ def raise_if_any_failed(error: BaseException | None) -> None:
     error where it failed, else the first failed rank's message, naming the rank)."""
     rank, world = rank_and_world()
     told: list[Any] = [None] * world
-    dist.all_gather_object(told, None if error is None else (type(error), str(error)))
+    dist.all_gather_object(told, None if error is None else describe(error))
     for r, got in enumerate(told):
         if got is None:
             continue
         if error is not None:
             raise mark_shared(error)
-        raise error_from(got[0], f"rank {r} of {world}: {got[1]}")
+        raise error_from(got, f"rank {r} of {world}: ")
 
 
 def _on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
