@@ -68,14 +68,16 @@ class ModelConfig:
     embed_dim: int = 256
     # Input side in pixels (0 = the model's default input size).
     img_size: int = 128
-    # Concatenated head W1: "linear" or a one-hidden-layer "mlp".
-    concat_head: str = _choices("mlp", "linear", default="mlp")
+    # Concatenated head W1: "linear", a one-hidden-layer "mlp", or "mlp_sym" (the MLP averaged
+    # over both orders of the concatenation, so h1(a, t) = h1(t, a)).
+    concat_head: str = _choices("mlp", "linear", "mlp_sym", default="mlp")
     # Hidden width of the MLP concatenated head.
     head_hidden: int = 256
     # Initial consensus temperature tau (learned).
     tau_init: float = 0.1
-    # How a class's anchors are aggregated into h1_k, h2_k.
-    aggregate: str = _choices("mean", "max", "topk", default="topk")
+    # How a class's anchors are aggregated into h1_k, h2_k: the mean, max or top-k mean of their
+    # pair scores, or "proto": the heads score the class prototype (mean anchor embedding).
+    aggregate: str = _choices("mean", "max", "topk", "proto", default="topk")
     # Anchors per class averaged by aggregate="topk".
     aggregate_k: int = 5
     # Dropout before the projection.
@@ -184,6 +186,9 @@ class BankConfig:
     score_all_anchors: bool = False
     # Calls whose top probability is below this are "uncertain" (0 = never).
     abstain_below: float = 0.0
+    # Embed anchors and queries as the mean of their 8 dihedral views (rotations by 90 degrees,
+    # mirrored or not): cells have no up; 8x the embedding time.
+    tta: bool = False
 
 
 @dataclass

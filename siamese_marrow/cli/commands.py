@@ -110,6 +110,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
                 num_workers=args.workers,
                 progress=not args.quiet,
                 force=args.force,
+                tta=args.tta,
             )
         )
     elif args.bank_command == "add":
@@ -215,6 +216,8 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint=args.checkpoint,
         progress=not args.quiet,
+        tta=args.tta,
+        centre=args.centre,
     )
     if args.json:
         from ..utils import atomic_write_json

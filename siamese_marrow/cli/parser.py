@@ -99,6 +99,13 @@ def _add_bank(sub: Any) -> None:
     b.add_argument(
         "--force", action="store_true", help="replace a bank already at --out (its anchors go)"
     )
+    b.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="embed anchors (and later queries) as the mean of their 8 dihedral views "
+        "(default: the run's bank.tta)",
+    )
     b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
     b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True, help="class code of the new anchors")
@@ -187,6 +194,17 @@ def _add_fewshot_eval(sub: Any) -> None:
     p.add_argument("--episodes", type=arg_count, default=100, help="seeded episodes (default 100)")
     p.add_argument("--seed", type=arg_seed, default=0, help="episode seed (default 0)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="embed each image as the mean of its 8 dihedral views (default: the run's bank.tta)",
+    )
+    p.add_argument(
+        "--centre",
+        action="store_true",
+        help="centre the embeddings on each episode's support mean (SimpleShot)",
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fewshot_eval)

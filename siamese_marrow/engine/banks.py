@@ -39,6 +39,7 @@ def bank_summary(bank: AnchorBank, path: str | Path | None = None) -> dict[str, 
         "run": str(bank.run.run),
         "checkpoint": bank.run.name,
         "index": bank.factory,
+        "tta": bank.bank_config.tta,
         "anchors": len(bank),
         "classes": bank.class_counts(),
     }
@@ -62,9 +63,11 @@ def bank_build(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    tta: bool | None = None,
 ) -> dict[str, Any]:
     """Embed every image of ``data`` (folder or CSV) with the run's model and save a bank at
-    ``out``; ``factory`` overrides the run's ``bank.index``. A bank already at ``out`` is
+    ``out``; ``factory`` overrides the run's ``bank.index`` and ``tta`` its ``bank.tta`` (the
+    bank records it, so its queries are embedded the same way). A bank already at ``out`` is
     replaced only with ``force`` (refused before any work otherwise).
 
     Under torchrun every rank calls it: the images are embedded in shards
@@ -74,6 +77,8 @@ def bank_build(
     with writer_lock(out) if main else contextlib.nullcontext(Path(out).absolute()) as target:
         on_main(lambda: check_target(target, replace=force))
         loaded = load_run(run, checkpoint, device=device)
+        if tta is not None:
+            loaded.cfg.bank.tta = tta
         samples = load_samples(data, classes)
         t = time.perf_counter()
         bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)

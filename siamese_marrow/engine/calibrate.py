@@ -79,7 +79,15 @@ def raw_g(
 ) -> Labelled:
     """The model's own g (temperature 1) of labelled samples against the bank."""
     paths = [s.path for s in samples]
-    emb, _ = embed_paths(bank.model, paths, batch_size, num_workers, progress, desc="calibrate")
+    emb, _ = embed_paths(
+        bank.model,
+        paths,
+        batch_size,
+        num_workers,
+        progress,
+        desc="calibrate",
+        tta=bank.bank_config.tta,
+    )
     index = {c: i for i, c in enumerate(bank.classes)}
     y = np.array([index[s.label] for s in samples], dtype=np.int64)
     return Labelled(classify(bank, emb, temperature=1.0).probabilities, y, paths, left_out)

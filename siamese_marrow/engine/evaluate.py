@@ -273,7 +273,15 @@ def evaluate(
     loaded = load_run(run, checkpoint)
     queries, bank_obj, anchors_from, prepared = _queries_and_bank(run, loaded, data, bank, progress)
     paths = [str(Path(s.path).absolute()) for s in queries]
-    emb, _ = embed_paths(bank_obj.model, paths, batch_size, num_workers, progress, desc="queries")
+    emb, _ = embed_paths(
+        bank_obj.model,
+        paths,
+        batch_size,
+        num_workers,
+        progress,
+        desc="queries",
+        tta=bank_obj.bank_config.tta,
+    )
     raw = classify(bank_obj, emb, temperature=1.0)
     index = {c: i for i, c in enumerate(bank_obj.classes)}
     y_true = np.array([index[s.label] for s in queries])
@@ -337,7 +345,15 @@ def retrieval_eval(
     bank = open_bank(bank)
     samples = load_samples(data)
     paths = [str(Path(s.path).absolute()) for s in samples]
-    emb, _ = embed_paths(bank.model, paths, batch_size, num_workers, progress, desc="retrieval")
+    emb, _ = embed_paths(
+        bank.model,
+        paths,
+        batch_size,
+        num_workers,
+        progress,
+        desc="retrieval",
+        tta=bank.bank_config.tta,
+    )
     out = bank_retrieval(bank, emb, [s.label for s in samples], paths, ks)
     out["data"] = str(data)
     return out

@@ -114,24 +114,39 @@ class EpisodeSampler:
             yield self.episode(e)
 
 
+def centre_on(reference: torch.Tensor, *xs: torch.Tensor) -> list[torch.Tensor]:
+    """SimpleShot's centring: subtract the mean of ``reference (S, D)`` from each of ``xs`` and
+    renormalise. With the support set (an episode's, a bank's anchors) as the reference it needs
+    no query, so it is not transductive."""
+    mu = reference.mean(0, keepdim=True)
+    return [F.normalize(x - mu, dim=-1) for x in xs]
+
+
 @torch.no_grad()
 def episode_predictions(
-    model: SiameseNet, embeddings: torch.Tensor, ep: Episode, n_way: int
+    model: SiameseNet | None,
+    embeddings: torch.Tensor,
+    ep: Episode,
+    n_way: int,
+    centre: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Predicted episode labels ``(N*Q,)`` of each method; ``embeddings (N_all, D)`` unit-norm."""
+    """Predicted episode labels ``(N*Q,)`` of each method; ``embeddings (N_all, D)`` unit-norm.
+    Without a model only the prototype and 1-NN baselines; ``centre``: every method on the
+    embeddings centred on the episode's support mean (:func:`centre_on`)."""
     device = embeddings.device
     s = embeddings[torch.from_numpy(ep.support).to(device)]  # (S, D)
     q = embeddings[torch.from_numpy(ep.query).to(device)]  # (Q, D)
+    if centre:
+        s, q = centre_on(s, s, q)
     s_lab = torch.from_numpy(ep.support_labels).to(device)
-    g, _, _ = model.anchor_consensus(s, s_lab, q, n_way)  # (Q, N)
     onehot = F.one_hot(s_lab, n_way).to(s.dtype)  # (S, N)
     protos = F.normalize(onehot.T @ s / onehot.sum(0)[:, None], dim=-1)  # (N, D)
     cos = q @ s.T  # (Q, S)
-    return {
-        "siamese": g.argmax(1),
-        "prototype": (q @ protos.T).argmax(1),
-        "nn1": s_lab[cos.argmax(1)],
-    }
+    out = {"prototype": (q @ protos.T).argmax(1), "nn1": s_lab[cos.argmax(1)]}
+    if model is not None:
+        g, _, _ = model.anchor_consensus(s, s_lab, q, n_way)  # (Q, N)
+        out["siamese"] = g.argmax(1)
+    return out
 
 
 def mean_ci(accuracies: Sequence[float]) -> dict[str, float]:
@@ -141,7 +156,7 @@ def mean_ci(accuracies: Sequence[float]) -> dict[str, float]:
 
 
 def fewshot_evaluate(
-    model: SiameseNet,
+    model: SiameseNet | None,
     embeddings: np.ndarray,
     labels: Sequence[int] | np.ndarray,
     n_way: int,
@@ -150,35 +165,41 @@ def fewshot_evaluate(
     episodes: int,
     seed: int = 0,
     class_names: Sequence[str] | None = None,
+    centre: bool = False,
 ) -> dict[str, Any]:
     """Mean accuracy and 95% CI of each method for each K, on embeddings ``(N_all, D)``.
 
-    Returns ``{"n_way", "n_query", "episodes", "seed", "results": {method: {str(K): {"mean",
-    "ci95"}}}}``. Every K is checked against the class sizes before any episode runs.
+    Returns ``{"n_way", "n_query", "episodes", "seed", "centre", "results": {method: {str(K):
+    {"mean", "ci95"}}}}``. Every K is checked against the class sizes before any episode runs.
+    Without a ``model``, the prototype and 1-NN baselines only (any embedding).
     """
     samplers = {
         k: EpisodeSampler(labels, n_way, k, n_query, episodes, seed, class_names) for k in k_shots
     }
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    methods = METHODS if model is not None else METHODS[1:]
+    was_training = model.training if model is not None else False
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    if model is not None:
+        model.eval()
     emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
-    results: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METHODS}
+    results: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
     for k, sampler in samplers.items():
-        accs: dict[str, list[float]] = {m: [] for m in METHODS}
+        accs: dict[str, list[float]] = {m: [] for m in methods}
         for ep in sampler:
-            preds = episode_predictions(model, emb, ep, n_way)
+            preds = episode_predictions(model, emb, ep, n_way, centre)
             truth = torch.from_numpy(ep.query_labels).to(device)
-            for m in METHODS:
+            for m in methods:
                 accs[m].append(float((preds[m] == truth).float().mean()))
-        for m in METHODS:
+        for m in methods:
             results[m][str(k)] = mean_ci(accs[m])
-    model.train(was_training)
+    if model is not None:
+        model.train(was_training)
     return {
         "n_way": n_way,
         "n_query": n_query,
         "episodes": episodes,
         "seed": seed,
+        "centre": centre,
         "results": results,
     }
 
@@ -198,13 +219,18 @@ def fewshot_eval(
     num_workers: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    tta: bool | None = None,
+    centre: bool = False,
 ) -> dict[str, Any]:
-    """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones).
+    """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones);
+    ``tta``: each image embedded as the mean of its 8 dihedral views (default: the run's
+    ``bank.tta``); ``centre``: embeddings centred on each episode's support mean.
 
     ``{"n_way", "episodes", "results": {"siamese"|"prototype"|"nn1": {"<K>": {"mean", "ci95"}}},
     ...}``; each image is embedded once and reused by every episode and method.
     """
     loaded = load_run(run, checkpoint, device=device)
+    tta = loaded.cfg.bank.tta if tta is None else tta
     samples = load_samples(data, classes)
     names = class_list(samples)
     lookup = {c: i for i, c in enumerate(names)}
@@ -213,10 +239,16 @@ def fewshot_eval(
     for k in k_shots:
         EpisodeSampler(labels, n_way, k, n_query, episodes, seed, names)
     emb, timing = embed_paths(
-        loaded.model, [s.path for s in samples], batch_size, num_workers, progress, desc="fewshot"
+        loaded.model,
+        [s.path for s in samples],
+        batch_size,
+        num_workers,
+        progress,
+        desc="fewshot",
+        tta=tta,
     )
     out = fewshot_evaluate(
-        loaded.model, emb, labels, n_way, k_shots, n_query, episodes, seed, names
+        loaded.model, emb, labels, n_way, k_shots, n_query, episodes, seed, names, centre
     )
     out.update(
         {
@@ -224,6 +256,7 @@ def fewshot_eval(
             "run": str(loaded.run),
             "data": str(data),
             "num_images": len(samples),
+            "tta": tta,
             "classes": names,
             "embed_seconds": round(timing["total_s"], 3),
         }

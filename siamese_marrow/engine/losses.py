@@ -42,9 +42,14 @@ def siamese_loss(
     a, t, target = balanced_pairs(labels, generator=generator, similarity=sim)
     bce1 = F.binary_cross_entropy_with_logits(l1[t, a], target)
     bce2 = F.binary_cross_entropy_with_logits(l2[t, a], target)
-    logits = model.consensus_logits(
-        (torch.sigmoid(l1), torch.sigmoid(l2)), in_batch_anchor_labels(labels), num_classes
-    )
+    anchor_labels = in_batch_anchor_labels(labels)
+    if model.uses_prototypes:  # each test against the prototypes of the other images
+        protos, proto_labels = model.class_prototypes(emb, anchor_labels, num_classes)
+        logits, _ = model.prototype_logits(protos, proto_labels, emb)
+    else:
+        logits = model.consensus_logits(
+            (torch.sigmoid(l1), torch.sigmoid(l2)), anchor_labels, num_classes
+        )
     reachable = torch.isfinite(logits.gather(1, labels.unsqueeze(1))).squeeze(1)
     ce = (
         F.cross_entropy(logits[reachable], labels[reachable])

@@ -28,7 +28,7 @@ def classify_images(
     ``(N, 3, H, W)``; ``options`` are those of :func:`siamese_marrow.index.classify`
     (top_m, per_class_k, abstain_below, n_support)."""
     bank = open_bank(bank)
-    return classify(bank, embed_images(bank.model, images), **options)
+    return classify(bank, embed_images(bank.model, images, tta=bank.bank_config.tta), **options)
 
 
 def search_images(
@@ -37,7 +37,7 @@ def search_images(
     """The ``k`` nearest anchors of each image, nearest first:
     ``[{"path", "label", "similarity", "pair_probability"}, ...]`` per image."""
     bank = open_bank(bank)
-    return search(bank, embed_images(bank.model, images), k)
+    return search(bank, embed_images(bank.model, images, tta=bank.bank_config.tta), k)
 
 
 def classify_paths_timed(
@@ -57,7 +57,7 @@ def classify_paths_timed(
     bank = open_bank(bank)
     t0 = time.perf_counter()
     files = expand_images(paths)
-    emb, t_embed = embed_paths(bank.model, files, batch_size, num_workers)
+    emb, t_embed = embed_paths(bank.model, files, batch_size, num_workers, tta=bank.bank_config.tta)
     result = classify(
         bank,
         emb,
@@ -127,7 +127,7 @@ def search_paths(
     nearest first, one entry per query image."""
     bank = open_bank(bank)
     files = expand_images(paths)
-    emb, _ = embed_paths(bank.model, files, batch_size)
+    emb, _ = embed_paths(bank.model, files, batch_size, tta=bank.bank_config.tta)
     return [{"path": p, "neighbours": n} for p, n in zip(files, search(bank, emb, k), strict=True)]
 
 

@@ -1,4 +1,5 @@
-"""Baselines on frozen embeddings: a logistic-regression probe and k-nearest neighbours."""
+"""Baselines on an embedding: a logistic-regression probe, k-nearest neighbours and the nearest
+class prototype (what the siamese consensus must beat on its own embedding)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,22 @@ def knn_classify(
     )
     clf.fit(x_train, y_train)
     return classification_metrics(y_test, clf.predict(x_test), classes)
+
+
+def prototype_classify(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """Nearest class mean by cosine (the renormalised mean of each class's unit-norm rows)."""
+    x_train = x_train / np.linalg.norm(x_train, axis=1, keepdims=True)
+    x_test = x_test / np.linalg.norm(x_test, axis=1, keepdims=True)
+    n = len(classes)
+    onehot = np.eye(n, dtype=np.float64)[y_train]
+    protos = onehot.T @ x_train
+    protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+    sims = x_test @ protos.T
+    sims[:, onehot.sum(0) == 0] = -np.inf
+    return classification_metrics(y_test, sims.argmax(1), classes)

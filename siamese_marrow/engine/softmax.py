@@ -116,12 +116,17 @@ def train_softmax(
 
 @torch.no_grad()
 def softmax_predict(
-    net: SoftmaxNet, samples: list[Sample], batch_size: int = 64, tta: bool = False
+    net: SoftmaxNet,
+    samples: list[Sample],
+    batch_size: int = 64,
+    tta: bool = False,
+    classes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class ``(N,)`` and unit-norm penultimate features ``(N, F)`` of the samples;
     with ``tta`` both come from the mean pooled feature over the 8 dihedral views (the head is
     linear, so that is also the mean of the views' logits)."""
-    ds = CellDataset(samples, sorted({s.label for s in samples}), eval_transform(net.backbone.spec))
+    classes = classes if classes is not None else sorted({s.label for s in samples})
+    ds = CellDataset(samples, classes, eval_transform(net.backbone.spec))
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate_images)
     device = next(net.parameters()).device
     net.eval()

@@ -150,7 +150,15 @@ class AnchorBank:
         paths = [str(Path(p).absolute()) for p in paths]
         self._check_new_paths(paths)
         _check_labels(labels)  # before the embedding work
-        emb, _ = embed_paths(self.model, paths, batch_size, num_workers, progress, desc="bank")
+        emb, _ = embed_paths(
+            self.model,
+            paths,
+            batch_size,
+            num_workers,
+            progress,
+            desc="bank",
+            tta=self.config.bank.tta,
+        )
         return self.add_embeddings(emb, paths, labels)
 
     def _check_new_paths(self, paths: Sequence[str]) -> None:

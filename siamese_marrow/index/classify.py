@@ -164,14 +164,33 @@ def gather_candidates(
     return unique_rows(np.concatenate([top_rows, extra], axis=1))
 
 
+def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The class prototypes over all of the bank's anchors, when the model aggregates by
+    prototype (``model.aggregate=proto``); else None. ``O(N D)``, once per classify call."""
+    model = bank.model
+    if not model.uses_prototypes:
+        return None
+    device = next(model.parameters()).device
+    return model.class_prototypes(
+        torch.from_numpy(bank.embeddings).to(device),
+        torch.from_numpy(bank.labels).to(device),
+        len(bank.classes),
+    )
+
+
 @torch.no_grad()
 def score_candidates(
-    bank: AnchorBank, queries: np.ndarray, rows: np.ndarray
+    bank: AnchorBank,
+    queries: np.ndarray,
+    rows: np.ndarray,
+    prototypes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair heads on queries ``(B, D)`` x candidate rows ``(B, K)`` in one batched call.
 
     Returns ``g (B, C)``, ``pair_probability (B, K)`` = (h1 + h2) / 2 and cosine ``(B, K)``
-    (padding: label -1, ignored by the consensus; its scores are meaningless).
+    (padding: label -1, ignored by the consensus; its scores are meaningless). With
+    ``prototypes`` (:func:`bank_prototypes`) g comes from them and the candidates are the
+    evidence only.
     """
     model = bank.model
     device = next(model.parameters()).device
@@ -186,6 +205,7 @@ def score_candidates(
         torch.from_numpy(queries).to(device),
         len(bank.classes),
         rows=torch.from_numpy(local).to(device),
+        prototypes=prototypes,
     )
     pair = ((h1 + h2) / 2).float().cpu().numpy()
     return g.float().cpu().numpy(), pair, cos.astype(np.float32)
@@ -233,6 +253,7 @@ def classify(
     t_total = time.perf_counter()
     t_search = t_heads = 0.0
     probs, counts, support = [], [], []
+    protos = bank_prototypes(bank)
     for start in range(0, len(q_all), chunk):
         q = q_all[start : start + chunk]
         t0 = time.perf_counter()
@@ -247,7 +268,7 @@ def classify(
             top_rows = np.zeros((len(q), 0), np.int64)
         rows = gather_candidates(q, bank.embeddings, bank.labels, n_cls, top_rows, per_class_k)
         t1 = time.perf_counter()
-        g, pair, cos = score_candidates(bank, q, rows)
+        g, pair, cos = score_candidates(bank, q, rows, protos)
         t_search += t1 - t0
         t_heads += time.perf_counter() - t1
         top = g.argmax(1)

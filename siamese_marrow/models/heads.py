@@ -14,13 +14,17 @@ from torch import nn
 
 from ..config import ModelConfig
 
+CONCAT_KINDS = ("mlp", "linear", "mlp_sym")
+
 
 class ConcatHead(nn.Module):
     """``h1 = sigmoid(W1 [f(a); f(t)])``: global structure.
 
     ``kind="linear"``: W1 is one linear map ``R^{2D} -> R``. ``kind="mlp"``: one hidden ReLU layer,
-    which can compare the two halves (a linear map of a concatenation cannot). The first layer is
-    applied to each half separately and the results broadcast-added, so B tests x M anchors cost
+    which can compare the two halves (a linear map of a concatenation cannot). ``kind="mlp_sym"``:
+    the same MLP, averaged over both orders ``[f(a); f(t)]`` and ``[f(t); f(a)]``, so
+    ``h1(a, t) = h1(t, a)`` as "same cell type" is. The first layer is applied to each half
+    separately and the results broadcast-added, so B tests x M anchors cost
     ``O((B + M) D H + B M H)``, not ``O(B M D H)``.
     """
 
@@ -31,26 +35,42 @@ class ConcatHead(nn.Module):
         hidden: int = ModelConfig.head_hidden,
     ) -> None:
         super().__init__()
-        if kind not in ("linear", "mlp"):
-            raise ValueError(f"concat head kind {kind!r} is not linear or mlp")
+        if kind not in CONCAT_KINDS:
+            raise ValueError(f"concat head kind {kind!r} is not one of {', '.join(CONCAT_KINDS)}")
         self.dim = dim
         self.kind = kind
         self.first = nn.Linear(2 * dim, 1 if kind == "linear" else hidden)
-        self.out = nn.Linear(hidden, 1) if kind == "mlp" else None
+        self.out = nn.Linear(hidden, 1) if kind != "linear" else None
+
+    def _left(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.first.weight[:, : self.dim].T
+
+    def _right(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.first.weight[:, self.dim :].T
 
     def anchor_part(self, fa: torch.Tensor) -> torch.Tensor:
-        """The anchor half of the first layer: ``(..., D) -> (..., H)`` (no bias)."""
-        return fa @ self.first.weight[:, : self.dim].T
+        """The anchor's share of the first layer, no bias: ``(..., D) -> (..., H)`` (``2H`` for
+        ``mlp_sym``: the anchor as left and as right half)."""
+        if self.kind == "mlp_sym":
+            return torch.cat([self._left(fa), self._right(fa)], -1)
+        return self._left(fa)
 
     def test_part(self, ft: torch.Tensor) -> torch.Tensor:
-        """The test half of the first layer, with the bias: ``(..., D) -> (..., H)``."""
-        return ft @ self.first.weight[:, self.dim :].T + self.first.bias
+        """The test's share of the first layer, with the bias: ``(..., D) -> (..., H)`` (``2H``
+        for ``mlp_sym``)."""
+        if self.kind == "mlp_sym":
+            return torch.cat([self._right(ft), self._left(ft)], -1) + self.first.bias.repeat(2)
+        return self._right(ft) + self.first.bias
 
     def finish(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits from the summed halves ``z (..., H)`` -> ``(...)``."""
-        if self.out is not None:
-            z = self.out(torch.relu(z))
-        return z.squeeze(-1)
+        """Logits from the summed shares ``z (..., H)`` (``2H``: both orders, averaged)
+        -> ``(...)``."""
+        if self.out is None:
+            return z.squeeze(-1)
+        if self.kind == "mlp_sym":
+            a, b = z.chunk(2, dim=-1)
+            return ((self.out(torch.relu(a)) + self.out(torch.relu(b))) / 2).squeeze(-1)
+        return self.out(torch.relu(z)).squeeze(-1)
 
     def forward(self, fa: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         """``fa (..., D)``, ``ft (..., D)`` broadcastable -> logits of the broadcast shape."""
@@ -76,7 +96,7 @@ class HadamardHead(nn.Module):
         return (fa * ft * w).sum(-1) + self.linear.bias
 
 
-AGGREGATES = ("mean", "max", "topk")
+AGGREGATES = ("mean", "max", "topk", "proto")
 
 
 class Consensus(nn.Module):
@@ -84,7 +104,10 @@ class Consensus(nn.Module):
 
     ``h1_k + h2_k`` is the per-class aggregate of the pair score ``h1 + h2`` over the anchors of
     class k: their mean, their max, or the mean of the top ``k`` (for ``mean``, the aggregate of the
-    sum is the sum of the aggregates).
+    sum is the sum of the aggregates). ``proto`` aggregates the anchors' embeddings instead: the
+    heads score the test against the class prototype (the renormalised mean embedding of class
+    k's anchors, :meth:`SiameseNet.class_prototypes`), one "anchor" per class, so the score does
+    not depend on how many anchors a class has; here it is then the mean over that one anchor.
     """
 
     def __init__(
@@ -122,7 +145,7 @@ class Consensus(nn.Module):
         labels = anchor_labels.expand(b, m) if anchor_labels.dim() == 1 else anchor_labels
         onehot = labels.unsqueeze(-1) == torch.arange(num_classes, device=labels.device)  # (B,M,C)
         counts = onehot.sum(1)  # (B, C)
-        if self.aggregate == "mean":
+        if self.aggregate in ("mean", "proto"):
             sums = torch.einsum("bm,bmc->bc", pair_score, onehot.to(pair_score.dtype))
             out = sums / counts.clamp(min=1)
         else:

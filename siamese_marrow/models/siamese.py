@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -85,6 +86,42 @@ class SiameseNet(nn.Module):
         c = int(classes.max().item()) + 1 if num_classes is None else num_classes
         return torch.softmax(self.consensus_head(h1, h2, classes, c), dim=-1)
 
+    @property
+    def uses_prototypes(self) -> bool:
+        return self.consensus_head.aggregate == "proto"
+
+    @staticmethod
+    def class_prototypes(
+        anchors: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm class means ``(C, D)`` of ``anchors (N, D)`` by ``anchor_labels (N,)``
+        (-1 = ignore), and ``(C,)`` labels: the class index, or -1 for a class without anchors.
+
+        Batched: ``anchors (N, D)`` with ``anchor_labels (B, N)`` gives ``(B, C, D)`` and
+        ``(B, C)``, each row's prototypes over its own anchors (training leaves the test out).
+        """
+        classes = torch.arange(num_classes, device=anchor_labels.device)
+        onehot = (anchor_labels.unsqueeze(-1) == classes).to(anchors.dtype)  # (..., N, C)
+        sums = onehot.transpose(-1, -2) @ anchors  # (..., C, D)
+        present = onehot.sum(-2) > 0  # (..., C)
+        labels = torch.where(
+            present, classes.expand_as(present), torch.full_like(present, -1, dtype=torch.long)
+        )
+        return F.normalize(sums, dim=-1), labels
+
+    def prototype_logits(
+        self, protos: torch.Tensor, proto_labels: torch.Tensor, tests: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consensus logits ``(B, C)`` of tests ``(B, D)`` against prototypes ``(C, D)`` or
+        per-test ``(B, C, D)``, and the gate probabilities ``(h1, h2)``, each ``(B, C)``."""
+        if protos.dim() == 2:
+            l1, l2 = self.score_matrix(protos, tests)
+        else:
+            l1, l2 = self.pair_logits(protos, tests.unsqueeze(1))
+        h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
+        labels = proto_labels.expand(len(tests), -1) if proto_labels.dim() == 1 else proto_labels
+        return self.consensus_head(h1, h2, labels, labels.shape[-1]), (h1, h2)
+
     @torch.no_grad()
     def anchor_consensus(
         self,
@@ -94,6 +131,7 @@ class SiameseNet(nn.Module):
         num_classes: int,
         rows: torch.Tensor | None = None,
         chunk: int = 256,
+        prototypes: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The consensus of queries over a set of anchors: the one function that training
         validation, few-shot episodes, ``classify`` and ``search`` all use.
@@ -102,8 +140,12 @@ class SiameseNet(nn.Module):
         ``queries (B, D)``. Each query is scored against every anchor, or, when ``rows (B, K)``
         is given, against its own K candidate anchors (rows into ``anchors``, -1 = padding,
         ignored by the consensus). Returns ``g (B, C)`` and the gate probabilities ``h1, h2``,
-        ``(B, N)`` or ``(B, K)``; queries are processed ``chunk`` at a time.
+        ``(B, N)`` or ``(B, K)``; queries are processed ``chunk`` at a time. With ``proto``
+        aggregation g comes from the class prototypes: ``prototypes`` (``(C, D)`` and their
+        ``(C,)`` labels, e.g. over all of a bank's anchors) or those of ``anchors``.
         """
+        if self.uses_prototypes and prototypes is None:
+            prototypes = self.class_prototypes(anchors, anchor_labels, num_classes)
         gs, h1s, h2s = [], [], []
         for i in range(0, len(queries), chunk):
             q = queries[i : i + chunk]
@@ -116,7 +158,11 @@ class SiameseNet(nn.Module):
                 l1, l2 = self.gathered_logits(anchors, safe, q)
                 labels = torch.where(r >= 0, anchor_labels[safe], torch.full_like(r, -1))
             h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
-            gs.append(self.consensus((h1, h2), labels, num_classes))
+            if prototypes is not None and self.uses_prototypes:
+                logits, _ = self.prototype_logits(*prototypes, q)
+                gs.append(torch.softmax(logits, dim=-1))
+            else:
+                gs.append(self.consensus((h1, h2), labels, num_classes))
             h1s.append(h1)
             h2s.append(h2)
         if not gs:

@@ -1,0 +1,220 @@
+"""The model options of issue 11, each against what it should compute: the symmetric concat head,
+prototype aggregation, the proxy loss, dihedral test-time augmentation, stain jitter, and training
+without a validation split."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TINY_MODEL
+from PIL import Image
+
+from siamese_marrow.config import ModelConfig, load_config
+from siamese_marrow.data.transforms import StainJitter
+from siamese_marrow.engine.losses import ProxyLoss, in_batch_anchor_labels, siamese_loss
+from siamese_marrow.engine.train import train
+from siamese_marrow.models import build_model
+from siamese_marrow.models.embed import dihedral_views, embed_batch, embed_paths
+from siamese_marrow.models.heads import ConcatHead
+
+
+def tiny(**changes: object):  # noqa: ANN201
+    cfg = ModelConfig(backbone="test_efficientnet", pretrained="none", embed_dim=8, img_size=32)
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def unit(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g), dim=-1)
+
+
+# --- the symmetric concatenated head --------------------------------------------------------------
+
+
+def test_symmetric_head_scores_both_orders_alike_and_is_their_mean() -> None:
+    torch.manual_seed(0)
+    head = ConcatHead(6, "mlp_sym", hidden=5)
+    a, t = torch.randn(4, 6), torch.randn(3, 6)
+    ab = head(a.unsqueeze(0), t.unsqueeze(1))  # (3 tests, 4 anchors)
+    ba = head(t.unsqueeze(0), a.unsqueeze(1))  # (4, 3)
+    assert torch.allclose(ab, ba.T, atol=1e-6)
+
+    def order(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # the plain MLP on [x; y]
+        cat = torch.cat([x, y], -1)
+        return head.out(torch.relu(head.first(cat))).squeeze(-1)
+
+    i, j = 2, 1
+    want = (order(a[j], t[i]) + order(t[i], a[j])) / 2
+    assert ab[i, j].item() == pytest.approx(want.item(), abs=1e-6)
+    plain = ConcatHead(6, "mlp", hidden=5)
+    assert not torch.allclose(plain(a, a.flip(0)), plain(a.flip(0), a), atol=1e-3)
+
+
+def test_symmetric_head_in_the_model_gathered_equals_full_matrix() -> None:
+    model = tiny(concat_head="mlp_sym")
+    anchors, q = unit(10, 8, 0), unit(3, 8, 1)
+    rows = torch.tensor([[0, 3, 9], [1, 1, 2], [5, 6, 7]])
+    l1, l2 = model.gathered_logits(anchors, rows, q)
+    f1, f2 = model.score_matrix(anchors, q)
+    assert torch.allclose(l1, f1.gather(1, rows), atol=1e-5)
+    assert torch.allclose(l2, f2.gather(1, rows), atol=1e-5)
+
+
+# --- prototype aggregation ------------------------------------------------------------------------
+
+
+def test_prototype_consensus_scores_the_class_means() -> None:
+    model = tiny(aggregate="proto")
+    anchors = unit(9, 8, 2)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2])  # 6 / 2 / 1 anchors
+    q = unit(4, 8, 3)
+    g, h1, h2 = model.anchor_consensus(anchors, labels, q, 3)
+    protos = torch.stack([F.normalize(anchors[labels == c].mean(0), dim=0) for c in range(3)])
+    l1, l2 = model.score_matrix(protos, q)
+    score = torch.sigmoid(l1) + torch.sigmoid(l2)
+    want = torch.softmax(score / model.consensus_head.tau, dim=-1)
+    assert torch.allclose(g, want, atol=1e-6)
+    assert h1.shape == (4, 9)  # the pair probabilities of every anchor, the evidence
+    # adding copies of class 0's anchors changes nothing: no bias towards big classes
+    more = torch.cat([anchors, anchors[:6]])
+    g2, _, _ = model.anchor_consensus(more, torch.cat([labels, labels[:6]]), q, 3)
+    assert torch.allclose(g, g2, atol=1e-6)
+
+
+def test_prototype_loss_leaves_each_test_out_of_its_prototypes() -> None:
+    model = tiny(aggregate="proto")
+    emb = unit(6, 8, 4)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    anchor_labels = in_batch_anchor_labels(labels)
+    protos, proto_labels = model.class_prototypes(emb, anchor_labels, 3)
+    # row 0: class 0 from images 1 and 2 only, class 1 from 3 and 4, class 2 from 5
+    assert torch.allclose(protos[0, 0], F.normalize(emb[1] + emb[2], dim=0), atol=1e-6)
+    assert torch.allclose(protos[0, 2], emb[5], atol=1e-6)
+    # row 5 (the only image of class 2): its own class has no other image
+    assert proto_labels[5].tolist() == [0, 1, -1]
+    # the consensus of the loss is the prototype consensus of those leave-one-out prototypes
+    logits, _ = model.prototype_logits(protos, proto_labels, emb)
+    reach = torch.isfinite(logits.gather(1, labels.unsqueeze(1))).squeeze(1)
+    want = F.cross_entropy(logits[reach], labels[reach]).item()
+    _, parts = siamese_loss(model, emb, labels, 3)
+    assert parts["consensus_ce"] == pytest.approx(want, abs=1e-5)
+    assert reach.tolist() == [True] * 5 + [False]
+
+
+# --- the proxy loss -------------------------------------------------------------------------------
+
+
+def test_proxy_loss_by_hand() -> None:
+    loss = ProxyLoss(2, 2, temperature=0.5)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.tensor([[2.0, 0.0], [0.0, 3.0]]))  # unit after normalising
+    emb = torch.tensor([[0.6, 0.8]])
+    # cosines 0.6 and 0.8; logits / 0.5 = 1.2 and 1.6; CE for class 0 = -log(e^1.2 / (e^1.2+e^1.6))
+    want = -math.log(math.exp(1.2) / (math.exp(1.2) + math.exp(1.6)))
+    assert loss(emb, torch.tensor([0])).item() == pytest.approx(want, abs=1e-6)
+
+
+# --- dihedral test-time augmentation -------------------------------------------------------------
+
+
+def test_dihedral_views_are_the_eight_distinct_symmetries() -> None:
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    views = dihedral_views(x)
+    assert len(views) == 8 and torch.equal(views[0], x)
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+
+
+def test_tta_embedding_is_the_mean_of_the_eight_views(tmp_path: Path) -> None:
+    model = tiny()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    emb, _ = embed_paths(model, paths, tta=True)
+    plain, _ = embed_paths(model, paths)
+    from siamese_marrow.data.transforms import eval_transform
+    from siamese_marrow.models.embed import _ImageDataset
+
+    x = torch.stack(
+        [_ImageDataset(paths, eval_transform(model.backbone.spec))[i][0] for i in range(3)]
+    )
+    with torch.no_grad():
+        views = torch.stack([model.embed(v) for v in dihedral_views(x)])  # (8, 3, D)
+    want = F.normalize(views.mean(0), dim=-1).numpy()
+    np.testing.assert_allclose(emb, want, atol=1e-5)
+    np.testing.assert_allclose(plain, views[0].numpy(), atol=1e-5)
+    # invariant: the TTA embedding of a rotated image is the same
+    with torch.no_grad():
+        rot = embed_batch(model, torch.rot90(x, 1, dims=(-2, -1)), tta=True).numpy()
+    np.testing.assert_allclose(rot, want, atol=1e-5)
+
+
+# --- stain jitter ---------------------------------------------------------------------------------
+
+
+def test_stain_jitter_round_trips_and_scales_stain_concentrations() -> None:
+    x = torch.rand(3, 6, 6) * 0.8 + 0.1
+    assert torch.allclose(StainJitter(0.0)(x), x, atol=1e-5)  # unmix then mix: the identity
+    torch.manual_seed(3)
+    jitter = StainJitter(0.2)
+    out = jitter(x)
+    assert out.shape == x.shape and (out >= 0).all() and (out <= 1).all()
+    assert not torch.allclose(out, x, atol=1e-3)
+    # the change lives in stain space: unmixing both gives an affine map per stain channel
+    hed_x = torch.einsum("chw,cd->dhw", -torch.log(x), jitter.hed_from_rgb)
+    hed_o = torch.einsum("chw,cd->dhw", -torch.log(out.clamp(min=1e-6)), jitter.hed_from_rgb)
+    for c in range(3):
+        a = torch.stack([hed_x[c].flatten(), torch.ones(36)], 1)
+        sol = torch.linalg.lstsq(a, hed_o[c].flatten()).solution
+        assert torch.allclose(a @ sol, hed_o[c].flatten(), atol=1e-3)
+        assert abs(sol[0].item() - 1) <= 0.2 + 1e-4
+
+
+# --- training without a validation split ---------------------------------------------------------
+
+
+def test_training_without_validation_keeps_the_last_epoch(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in ("AAA", "BBB"):
+        (root / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png"
+            )
+    cfg = load_config(
+        None,
+        [
+            *TINY_MODEL,
+            f"data.root={root}",
+            "data.val_fraction=0",
+            "sampler.p_classes=2",
+            "sampler.k_per_class=2",
+            "sampler.batches_per_epoch=2",
+            "train.epochs=2",
+            "train.proxy_weight=0.5",
+        ],
+    )
+    summary = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    best, last = (
+        json.loads((run / "best.json").read_text()),
+        json.loads((run / "last.json").read_text()),
+    )
+    assert best["epoch"] == last["epoch"] == 2 and best["weights_sha256"] == last["weights_sha256"]
+    assert "val" not in best and summary["n_val"] == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(r["train_proxy_ce"] > 0 for r in records)
+    assert not (run / "val_metrics.json").exists()

