@@ -192,6 +192,23 @@ class BankConfig:
 
 
 @dataclass
+class ScaleConfig:
+    """Data-parallel training under torchrun and the GPU fast path (README "Scaling out")."""
+
+    # Under torchrun: replace BatchNorm by SyncBatchNorm, so batch statistics are those of the
+    # global batch (CUDA only: torch's SyncBatchNorm runs on GPUs).
+    sync_bn: bool = False
+    # Seconds a rank waits in a collective (all-gather, all-reduce) for the others before the job
+    # ends with an error naming the cause (a rank that died, was killed or hangs).
+    timeout_s: int = 1800
+    # On CUDA: weights and input batches in channels_last memory format (faster convolutions).
+    channels_last: bool = True
+    # torch.compile the embedding in training with this backend (none = off; inductor is the
+    # fast one, eager and aot_eager only check that the model traces).
+    compile: str = _choices("none", "inductor", "aot_eager", "eager", default="none")
+
+
+@dataclass
 class Config:
     """The whole configuration of a run."""
 
@@ -201,6 +218,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     bank: BankConfig = field(default_factory=BankConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -285,6 +303,7 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "val_anchors_per_class": (0, False),
     },
     BankConfig: {"top_m": (0, False), "per_class_k": (0, False), "abstain_below": (0, False)},
+    ScaleConfig: {"timeout_s": (1, False)},
 }
 
 #: Highest allowed value of numeric fields: (bound, strict). Fields not listed have no upper bound.

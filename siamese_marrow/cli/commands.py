@@ -146,6 +146,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from ..data.datasets import expand_images
     from ..engine.banks import open_bank
+    from ..engine.distributed import is_main
     from ..engine.predict import classify_paths_timed, format_records, write_review_page
     from ..utils import refuse_overwriting_inputs
 
@@ -161,6 +162,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         top_m=args.top_m,
         num_workers=args.workers,
     )
+    if not is_main():  # under torchrun the other ranks embedded their shares; rank 0 writes
+        return 0
     text = format_records(records, args.format)
     if args.output:
         from ..utils import atomic_write_text

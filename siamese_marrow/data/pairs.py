@@ -27,9 +27,13 @@ def balanced_pairs(
         of its positions) and as many dissimilar pairs with a test of class c (fewer only if the
         batch has too few other images).
     """
+    device = labels.device  # chosen on the CPU: a few dozen tiny ops, no device round trips
+    labels = labels.cpu()
+    if similarity is not None:
+        similarity = similarity.cpu()
     n = labels.numel()
     same = labels.unsqueeze(0) == labels.unsqueeze(1)  # (anchor, test)
-    eye = torch.eye(n, dtype=torch.bool, device=labels.device)
+    eye = torch.eye(n, dtype=torch.bool)
     anchors, tests, targets = [], [], []
     for c in torch.unique(labels):
         in_c = labels == c
@@ -43,16 +47,15 @@ def balanced_pairs(
         if similarity is not None:
             order = torch.argsort(similarity[na, nt], descending=True, stable=True)[:take]
         else:
-            order = torch.randperm(na.numel(), generator=generator, device="cpu")[:take]
-            order = order.to(labels.device)
+            order = torch.randperm(na.numel(), generator=generator)[:take]
         anchors += [pa, na[order]]
         tests += [pt, nt[order]]
         targets += [torch.ones(pa.numel()), torch.zeros(take)]
     if not anchors:
-        empty = torch.zeros(0, dtype=torch.long, device=labels.device)
-        return empty, empty, torch.zeros(0, device=labels.device)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, torch.zeros(0, device=device)
     return (
-        torch.cat(anchors),
-        torch.cat(tests),
-        torch.cat(targets).to(labels.device),
+        torch.cat(anchors).to(device, non_blocking=True),
+        torch.cat(tests).to(device, non_blocking=True),
+        torch.cat(targets).to(device, non_blocking=True),
     )

@@ -6,6 +6,7 @@ then loaded from the run recorded in its manifest, or ``run``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..data.datasets import expand_images, load_samples
 from ..index.bank import AnchorBank, check_target, read_manifest
 from ..index.store import writer_lock
 from ..models.checkpoint import load_run
+from .distributed import is_main, on_main
 
 BankLike = AnchorBank | str | Path
 
@@ -66,16 +68,22 @@ def bank_build(
     """Embed every image of ``data`` (folder or CSV) with the run's model and save a bank at
     ``out``; ``factory`` overrides the run's ``bank.index`` and ``tta`` its ``bank.tta`` (the
     bank records it, so its queries are embedded the same way). A bank already at ``out`` is
-    replaced only with ``force`` (refused before any work otherwise)."""
-    with writer_lock(out) as target:
-        check_target(target, replace=force)
+    replaced only with ``force`` (refused before any work otherwise).
+
+    Under torchrun every rank calls it: the images are embedded in shards
+    (:func:`..models.sharding.sharded_embedding`), and rank 0 alone takes the bank's lock and
+    saves, the same files as one process."""
+    main = is_main()
+    with writer_lock(out) if main else contextlib.nullcontext(Path(out).absolute()) as target:
+        on_main(lambda: check_target(target, replace=force))
         loaded = load_run(run, checkpoint, device=device)
         if tta is not None:
             loaded.cfg.bank.tta = tta
         samples = load_samples(data, classes)
         t = time.perf_counter()
         bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)
-        bank.save(out, replace=force)
+        if main:
+            bank.save(out, replace=force)
     return {**bank_summary(bank, out), "seconds": round(time.perf_counter() - t, 3)}
 
 

@@ -39,6 +39,7 @@ from ..report import (
 from ..utils import atomic_write_json
 from .banks import BankLike, open_bank
 from .calibrate import evaluation_temperature
+from .distributed import is_main
 from .metrics import classification_metrics, headline
 from .reliability import abstention_summary, reliability_summary
 
@@ -301,10 +302,12 @@ def evaluate(
         metrics["retrieval"] = bank_retrieval(bank_obj, emb, [s.label for s in queries], paths)
 
     mistakes = _most_confident_mistakes(queries, paths, y_true, y_pred, result, max_mistakes)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_json(out / "predictions.json", result.records(paths))
-    report = _write_report(run, out, loaded, metrics, mistakes, with_probe=data is None)
+    report = out / "report.html"
+    if is_main():  # under torchrun every rank embedded its share; rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "predictions.json", result.records(paths))
+        report = _write_report(run, out, loaded, metrics, mistakes, with_probe=data is None)
     summary = {
         **headline(metrics),
         "n": metrics["n"],

@@ -4,6 +4,10 @@
 resume=True)`` continues from ``out/last`` exactly: model, optimizer, scheduler, sampler position
 and RNG are restored, and because every batch's augmentation and every step's RNG are functions of
 (seed, epoch, batch), the resumed run ends with the same weights as an uninterrupted one.
+
+Under ``torchrun`` the same function trains with DistributedDataParallel (:mod:`.distributed`):
+each rank draws its own P x K share of every step, the loss sees the global batch, and rank 0
+alone takes the run folder's lock and writes checkpoints, metrics and the summary.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..data.datasets import CellDataset, SeededAugDataset, collate_images
+from ..data.datasets import CellDataset, SeededAugDataset
 from ..data.prepare import PreparedData, prepare_data, synth_dir_of
 from ..data.sampler import PKBatchSampler
 from ..data.transforms import eval_transform, train_transform
@@ -28,7 +31,9 @@ from ..errors import ConfigError, TrainingError
 from ..index.faiss_index import FaissIndex
 from ..models import SiameseNet, build_model
 from ..models.checkpoint import load_train_state, read_meta, save_checkpoint
-from ..utils import atomic_write_text, resolve_device
+from ..models.sharding import sharded_embedding
+from ..utils import atomic_write_text
+from . import distributed
 from .losses import ProxyLoss, siamese_loss
 from .metrics import headline
 from .optim import build_optimizer, cosine_with_warmup
@@ -45,6 +50,7 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1  # processes that trained it (torchrun); a resume needs as many
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:
@@ -71,6 +77,9 @@ class _Job:
     summary: dict[str, Any]
     progress: bool
     proxy_loss: ProxyLoss | None = None
+    ranks: distributed.Ranks = field(default_factory=distributed.Ranks)
+    forward: torch.nn.Module | None = None  # distributed.training_forward: the step's loss
+    loader: Any = None  # the training DataLoader (one for the run: its workers persist)
 
     @property
     def log_path(self) -> Path:
@@ -90,6 +99,20 @@ def _check_request(cfg: Config) -> None:
         )
 
 
+def _claim_run_folder(
+    cfg: Config, out: Path, resume: bool, progress: bool, force: bool, stack: ExitStack
+) -> PreparedData:
+    """Take the run folder's lock (held until ``stack`` closes), let a fresh start clear an
+    earlier run's files, and prepare the data (rank 0's part under torchrun)."""
+    if not resume:
+        check_run_folder(out, force)
+    stack.enter_context(run_lock(out))
+    if not resume:
+        check_run_folder(out, force)  # again under the lock: another run may have finished here
+        clear_run_files(out)
+    return prepare_data(cfg.data, synth_dir=synth_dir_of(out), progress=progress)
+
+
 def _set_up(
     cfg: Config, out: Path, resume: bool, progress: bool, force: bool, stack: ExitStack
 ) -> _Job:
@@ -99,19 +122,14 @@ def _set_up(
     tc = cfg.train
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
     _check_request(cfg)
+    ranks = distributed.join(cfg, stack)
+    device, progress = ranks.device, progress and ranks.main
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model)
     n_trainable = model.backbone.apply_freeze(tc.freeze)
     FaissIndex(model.dim, cfg.bank.index)  # the bank.index of this run's banks must parse
-    if not resume:
-        check_run_folder(out, force)
-    stack.enter_context(run_lock(out))
-    if not resume:
-        check_run_folder(out, force)  # again under the lock: another run may have finished here
-        clear_run_files(out)
-    data = prepare_data(cfg.data, synth_dir=synth_dir_of(out), progress=progress)
+    data = distributed.on_main(lambda: _claim_run_folder(cfg, out, resume, progress, force, stack))
     proxy = (
         ProxyLoss(len(data.classes), model.dim, tc.proxy_temperature) if tc.proxy_weight else None
     )
@@ -123,17 +141,23 @@ def _set_up(
     model.to(device)
     if proxy is not None:
         proxy.to(device)
+    forward = distributed.training_forward(model, proxy, ranks, cfg)
     optimizer = build_optimizer(model, cfg, proxy)
     train_ds = CellDataset(data.train, data.classes)
-    sampler = PKBatchSampler.from_config(train_ds.get_labels(), cfg.sampler, tc.seed, data.classes)
+    sampler = PKBatchSampler.from_config(
+        train_ds.get_labels(), cfg.sampler, tc.seed, data.classes, ranks.rank, ranks.world
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(tc.warmup_steps, tc.epochs * len(sampler))
     )
-    state = TrainState()
+    state = TrainState(world_size=ranks.world)
     if resume:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = TrainState(**json.loads(saved["state_json"]))
+        distributed.check_resume(state.world_size, ranks, out)
+    if ranks.world > 1:  # validation and the probe: each rank embeds its share
+        stack.enter_context(sharded_embedding())
     spec = model.backbone.spec
     eval_tf = eval_transform(spec)
     summary: dict[str, Any] = {
@@ -145,6 +169,7 @@ def _set_up(
         "trainable_backbone_params": n_trainable,
         "steps_per_epoch": len(sampler),
         "device": device,
+        "world_size": ranks.world,
     }
     return _Job(
         cfg,
@@ -164,6 +189,8 @@ def _set_up(
         summary,
         progress,
         proxy,
+        ranks,
+        forward,
     )
 
 
@@ -171,20 +198,24 @@ def _open_run_folder(job: _Job, resume: bool) -> None:
     """Create the run folder, trim the log on resume, note skipped images, run the probe."""
     out, data, summary = job.out, job.data, job.summary
     out.mkdir(parents=True, exist_ok=True)
-    if resume:  # drop records logged after the checkpoint (a kill between log and checkpoint)
+    # on resume, drop records logged after the checkpoint (a kill between log and checkpoint)
+    if resume and job.ranks.main:
         atomic_write_text(job.log_path, "".join(json.dumps(r) + "\n" for r in job.state.history))
     if job.sampler.singletons:
         summary["single_image_classes"] = job.sampler.singletons
     if data.bad:
         summary["skipped_images"] = len(data.bad)
-        (out / "skipped_images.json").write_text(
-            json.dumps([b.__dict__ for b in data.bad], indent=2)
-        )
+        if job.ranks.main:
+            (out / "skipped_images.json").write_text(
+                json.dumps([b.__dict__ for b in data.bad], indent=2)
+            )
     probe_path = out / "baseline_probe.json"
     has_held_out = bool(data.val or data.test)
-    if job.cfg.train.baseline_probe and has_held_out and not probe_path.is_file():
-        probe = frozen_probe(data, job.cfg, job.device)
-        probe_path.write_text(json.dumps(probe, indent=2))
+    probed = distributed.on_main(probe_path.is_file)  # rank 0 decides for every rank
+    if job.cfg.train.baseline_probe and has_held_out and not probed:
+        probe = frozen_probe(data, job.cfg, job.device)  # under torchrun: every rank, sharded
+        if job.ranks.main:
+            probe_path.write_text(json.dumps(probe, indent=2))
     if probe_path.is_file():
         summary["baseline_probe"] = headline(json.loads(probe_path.read_text()))
 
@@ -202,6 +233,8 @@ def _checkpoint(job: _Job, name: str, meta: dict[str, Any], with_state: bool) ->
             f"the last good checkpoint in {job.out} is kept. Lower train.lr / "
             "train.backbone_lr or check the data"
         )
+    if not job.ranks.main:  # rank 0 writes the checkpoints of a torchrun job
+        return
     train_state = None
     if with_state:
         train_state = {
@@ -222,25 +255,28 @@ def _step(job: _Job, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, 
     step_seed = tc.seed * 1_000_003 + state.step
     gen = torch.Generator().manual_seed(step_seed)
     torch.manual_seed(step_seed)
-    x, y = x.to(job.device, non_blocking=True), y.to(job.device)
-    amp = tc.amp and job.device == "cuda"
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-        emb = model.embed(x).float()
-    loss, parts = siamese_loss(
-        model,
-        emb,
-        y,
-        len(job.data.classes),
-        tc.bce_weight,
-        tc.consensus_weight,
-        job.cfg.sampler.hard_negatives,
-        gen,
-    )
-    if job.proxy_loss is not None:
-        proxy = job.proxy_loss(emb, y)
-        loss = loss + tc.proxy_weight * proxy
-        parts["proxy_ce"] = float(proxy.detach())
-        parts["loss"] = float(loss.detach())
+
+    def batch_loss(emb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of the (global) batch's embeddings ``emb (N, D)`` and labels ``(N,)``."""
+        loss, parts = siamese_loss(
+            model,
+            emb,
+            y,
+            len(job.data.classes),
+            tc.bce_weight,
+            tc.consensus_weight,
+            job.cfg.sampler.hard_negatives,
+            gen,
+        )
+        if job.proxy_loss is not None:
+            proxy = job.proxy_loss(emb, y)
+            loss = loss + tc.proxy_weight * proxy
+            parts["proxy_ce"] = float(proxy.detach())
+            parts["loss"] = float(loss.detach())
+        return loss, parts
+
+    # embeds x on the device; under torchrun the loss sees every rank's share (distributed.py)
+    loss, parts = job.forward(x, y, batch_loss)
     if not torch.isfinite(loss):
         raise TrainingError(
             f"the loss became {float(loss.detach())} at epoch {epoch + 1}, "
@@ -266,13 +302,11 @@ def _train_epoch(job: _Job, epoch: int) -> tuple[dict[str, float], int]:
     """The rest of epoch ``epoch`` (from ``state.batch``); summed loss parts and batch count."""
     tc, state, sampler = job.cfg.train, job.state, job.sampler
     sampler.set_epoch(epoch, start_batch=state.batch)
-    loader = DataLoader(
-        job.loader_ds,
-        batch_sampler=sampler,
-        num_workers=job.cfg.data.num_workers,
-        collate_fn=collate_images,
-        persistent_workers=False,
-    )
+    if job.loader is None:
+        job.loader = distributed.train_loader(
+            job.loader_ds, sampler, job.cfg.data.num_workers, job.device
+        )
+    loader = job.loader
     job.model.train()
     sums: dict[str, float] = {}
     n_batches = 0
@@ -294,6 +328,7 @@ def _train_epoch(job: _Job, epoch: int) -> tuple[dict[str, float], int]:
         if every and state.step % every == 0 and state.batch < len(sampler):
             _checkpoint(job, "last", {"epoch": epoch, "step": state.step}, with_state=True)
     bar.close()
+    distributed.sync_buffers(job.model)  # every rank validates the model rank 0 checkpoints
     return sums, n_batches
 
 
@@ -307,7 +342,8 @@ def _end_epoch(
     val: dict[str, Any] = {}
     val_metrics = None
     if job.val_ds is not None:
-        val = validate(model, job.anchor_ds, job.val_ds, job.cfg, job.device)
+        # every rank embeds its share; rank 0's figures decide for all
+        val = distributed.from_main(validate(model, job.anchor_ds, job.val_ds, job.cfg, job.device))
         val_metrics = val.pop("val_metrics")
     record = {
         "epoch": epoch + 1,
@@ -317,7 +353,9 @@ def _end_epoch(
         "lr": job.scheduler.get_last_lr()[0],
         "tau": float(model.consensus_head.tau.detach()),
         "train_seconds": round(train_time, 2),
-        "train_images_per_s": round(n_batches * sampler.p * sampler.k / max(train_time, 1e-9), 1),
+        "train_images_per_s": round(
+            n_batches * sampler.p * sampler.k * job.ranks.world / max(train_time, 1e-9), 1
+        ),
         "epoch_seconds": round(time.perf_counter() - t_epoch, 2),
     }
     state.epoch += 1
@@ -334,7 +372,8 @@ def _end_epoch(
         else:
             state.bad_epochs += 1
     state.history.append(record)
-    _log(job.log_path, record)
+    if job.ranks.main:
+        _log(job.log_path, record)
     if job.progress:
         shown = (
             f" val bal.acc {val['val_balanced_accuracy']:.4f} acc {val['val_accuracy']:.4f} "
@@ -350,7 +389,7 @@ def _end_epoch(
         meta["selected"] = "the last epoch (no validation split)"
     if improved:
         _checkpoint(job, "best", meta, with_state=False)
-        if val_metrics is not None:
+        if val_metrics is not None and job.ranks.main:
             (job.out / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
     _checkpoint(job, "last", meta, with_state=True)
     patience = job.cfg.train.early_stop_patience
@@ -371,7 +410,8 @@ def train(
     Returns a summary: best validation metrics, the frozen-feature probe's metrics (when
     ``train.baseline_probe``), wall time and the number of steps.
     """
-    with ExitStack() as stack:
+    lost = distributed.lost_rank_errors(cfg.scale.timeout_s, distributed.resume_hint(out))
+    with ExitStack() as stack, lost:
         return _train(cfg, Path(out), resume, progress, force, stack)
 
 
@@ -399,5 +439,6 @@ def _train(
             "wall_seconds": round(time.perf_counter() - t_start, 1),
         }
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if job.ranks.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

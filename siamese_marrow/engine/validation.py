@@ -14,6 +14,7 @@ from ..data.prepare import PreparedData
 from ..data.transforms import eval_transform
 from ..models import SiameseNet, create_backbone
 from ..models.embed import embed_dataset
+from .distributed import on_main
 from .metrics import classification_metrics, headline
 from .probe import logistic_probe
 
@@ -42,7 +43,12 @@ def validate(
     """Pair ROC-AUC among validation images and consensus metrics against training anchors."""
     from sklearn.metrics import roc_auc_score
 
-    kw = dict(batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers, device=device)
+    kw = dict(
+        batch_size=cfg.train.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        device=device,
+        amp=cfg.train.amp,
+    )
     fa, ya = embed_dataset(model, anchor_ds, desc="val anchors", **kw)
     fv, yv = embed_dataset(model, val_ds, desc="val", **kw)
     model.eval()
@@ -67,7 +73,8 @@ def validate(
 def frozen_probe(data: PreparedData, cfg: Config, device: str) -> dict[str, Any]:
     """Logistic regression on the frozen pretrained features of the same backbone (no projection),
     trained on the training split, scored on the validation split (on the test split when there
-    is no validation split: the probe chooses nothing, so it may see the test images)."""
+    is no validation split: the probe chooses nothing, so it may see the test images). Under
+    torchrun every rank calls it: the images are embedded in shards, the probe fit on rank 0."""
     bb = (
         create_backbone(
             cfg.model.backbone, cfg.model.pretrained, embed_dim=0, img_size=cfg.model.img_size
@@ -76,10 +83,16 @@ def frozen_probe(data: PreparedData, cfg: Config, device: str) -> dict[str, Any]
         .eval()
     )
     tf = eval_transform(bb.spec)
-    kw = dict(batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers, device=device)
+    kw = dict(
+        batch_size=cfg.train.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        device=device,
+        amp=cfg.train.amp,
+    )
 
     xtr, ytr = embed_dataset(bb, CellDataset(data.train, data.classes, tf), desc="probe", **kw)
     held, split = (data.val, "val") if data.val else (data.test, "test")
     xva, yva = embed_dataset(bb, CellDataset(held, data.classes, tf), desc="probe", **kw)
-    out = logistic_probe(xtr, ytr, xva, yva, data.classes, seed=cfg.train.seed)
+    # under torchrun every rank embedded its share of the images; rank 0 alone fits the probe
+    out = on_main(lambda: logistic_probe(xtr, ytr, xva, yva, data.classes, seed=cfg.train.seed))
     return {**out, "scored_on": split}
