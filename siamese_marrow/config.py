@@ -189,6 +189,9 @@ class BankConfig:
     # Embed anchors and queries as the mean of their 8 dihedral views (rotations by 90 degrees,
     # mirrored or not): cells have no up; 8x the embedding time.
     tta: bool = False
+    # With model.aggregate=proto: Adam steps that adapt the class prototypes to the bank's own
+    # anchors through the heads before classifying (0 = the plain class means; models/adapt.py).
+    adapt_steps: int = 0
 
 
 @dataclass
@@ -302,7 +305,12 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "checkpoint_every": (0, False),
         "val_anchors_per_class": (0, False),
     },
-    BankConfig: {"top_m": (0, False), "per_class_k": (0, False), "abstain_below": (0, False)},
+    BankConfig: {
+        "top_m": (0, False),
+        "per_class_k": (0, False),
+        "abstain_below": (0, False),
+        "adapt_steps": (0, False),
+    },
     ScaleConfig: {"timeout_s": (1, False)},
 }
 

@@ -218,3 +218,36 @@ def test_training_without_validation_keeps_the_last_epoch(tmp_path: Path) -> Non
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(r["train_proxy_ce"] > 0 for r in records)
     assert not (run / "val_metrics.json").exists()
+
+
+# --- adapting the prototypes to the anchors ----------------------------------------------------
+
+
+def test_adapted_prototypes_fit_the_anchors_better_and_zero_steps_are_the_means() -> None:
+    from siamese_marrow.models.adapt import adapt_prototypes
+
+    model = tiny(aggregate="proto")
+    g = torch.Generator().manual_seed(5)
+    centres = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    labels = torch.arange(3).repeat_interleave(6)
+    anchors = F.normalize(centres[labels] + 0.9 * torch.randn(18, 8, generator=g), dim=-1)
+    plain, plain_labels = model.class_prototypes(anchors, labels, 3)
+    same, _ = adapt_prototypes(model, anchors, labels, 3, steps=0)
+    assert torch.equal(same, plain)
+    adapted, adapted_labels = adapt_prototypes(model, anchors, labels, 3, steps=60)
+    assert torch.equal(adapted_labels, plain_labels)
+    assert torch.allclose(adapted.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+    def ce(protos: torch.Tensor) -> float:
+        logits, _ = model.prototype_logits(protos, plain_labels, anchors)
+        return F.cross_entropy(logits, labels).item()
+
+    assert ce(adapted) < ce(plain) - 0.01  # the heads separate the anchors' classes better
+    again, _ = adapt_prototypes(model, anchors, labels, 3, steps=60)
+    assert torch.equal(again, adapted)  # deterministic
+    assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
+    g_ad, _, _ = model.anchor_consensus(
+        anchors, labels, anchors, 3, prototypes=(adapted, plain_labels)
+    )
+    logits, _ = model.prototype_logits(adapted, plain_labels, anchors)
+    assert torch.allclose(g_ad, torch.softmax(logits, -1), atol=1e-6)

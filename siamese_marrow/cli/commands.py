@@ -218,6 +218,7 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tta=args.tta,
         centre=args.centre,
+        adapt_steps=args.adapt_steps,
     )
     if args.json:
         from ..utils import atomic_write_json

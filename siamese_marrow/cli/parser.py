@@ -205,6 +205,13 @@ def _add_fewshot_eval(sub: Any) -> None:
         action="store_true",
         help="centre the embeddings on each episode's support mean (SimpleShot)",
     )
+    p.add_argument(
+        "--adapt-steps",
+        type=arg_number(int, 0, 100_000),
+        default=None,
+        help="with model.aggregate=proto: adapt the prototypes to each support set in this many "
+        "steps (default: the run's bank.adapt_steps)",
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fewshot_eval)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..data.datasets import class_list, load_samples
 from ..errors import DataError
 from ..models import SiameseNet
+from ..models.adapt import adapt_prototypes
 from ..models.checkpoint import load_run
 from ..models.embed import embed_paths
 
@@ -129,10 +130,12 @@ def episode_predictions(
     ep: Episode,
     n_way: int,
     centre: bool = False,
+    adapt_steps: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Predicted episode labels ``(N*Q,)`` of each method; ``embeddings (N_all, D)`` unit-norm.
     Without a model only the prototype and 1-NN baselines; ``centre``: every method on the
-    embeddings centred on the episode's support mean (:func:`centre_on`)."""
+    embeddings centred on the episode's support mean (:func:`centre_on`); ``adapt_steps``: with
+    prototype aggregation, the consensus over prototypes adapted to the support set."""
     device = embeddings.device
     s = embeddings[torch.from_numpy(ep.support).to(device)]  # (S, D)
     q = embeddings[torch.from_numpy(ep.query).to(device)]  # (Q, D)
@@ -144,7 +147,10 @@ def episode_predictions(
     cos = q @ s.T  # (Q, S)
     out = {"prototype": (q @ protos.T).argmax(1), "nn1": s_lab[cos.argmax(1)]}
     if model is not None:
-        g, _, _ = model.anchor_consensus(s, s_lab, q, n_way)  # (Q, N)
+        adapted = None
+        if model.uses_prototypes and adapt_steps > 0:
+            adapted = adapt_prototypes(model, s, s_lab, n_way, steps=adapt_steps)
+        g, _, _ = model.anchor_consensus(s, s_lab, q, n_way, prototypes=adapted)  # (Q, N)
         out["siamese"] = g.argmax(1)
     return out
 
@@ -166,6 +172,7 @@ def fewshot_evaluate(
     seed: int = 0,
     class_names: Sequence[str] | None = None,
     centre: bool = False,
+    adapt_steps: int = 0,
 ) -> dict[str, Any]:
     """Mean accuracy and 95% CI of each method for each K, on embeddings ``(N_all, D)``.
 
@@ -186,7 +193,7 @@ def fewshot_evaluate(
     for k, sampler in samplers.items():
         accs: dict[str, list[float]] = {m: [] for m in methods}
         for ep in sampler:
-            preds = episode_predictions(model, emb, ep, n_way, centre)
+            preds = episode_predictions(model, emb, ep, n_way, centre, adapt_steps)
             truth = torch.from_numpy(ep.query_labels).to(device)
             for m in methods:
                 accs[m].append(float((preds[m] == truth).float().mean()))
@@ -200,6 +207,7 @@ def fewshot_evaluate(
         "episodes": episodes,
         "seed": seed,
         "centre": centre,
+        "adapt_steps": adapt_steps,
         "results": results,
     }
 
@@ -221,16 +229,20 @@ def fewshot_eval(
     progress: bool = False,
     tta: bool | None = None,
     centre: bool = False,
+    adapt_steps: int | None = None,
 ) -> dict[str, Any]:
     """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones);
     ``tta``: each image embedded as the mean of its 8 dihedral views (default: the run's
-    ``bank.tta``); ``centre``: embeddings centred on each episode's support mean.
+    ``bank.tta``); ``centre``: embeddings centred on each episode's support mean;
+    ``adapt_steps``: the consensus over prototypes adapted to each support set (default: the
+    run's ``bank.adapt_steps``).
 
     ``{"n_way", "episodes", "results": {"siamese"|"prototype"|"nn1": {"<K>": {"mean", "ci95"}}},
     ...}``; each image is embedded once and reused by every episode and method.
     """
     loaded = load_run(run, checkpoint, device=device)
     tta = loaded.cfg.bank.tta if tta is None else tta
+    adapt_steps = loaded.cfg.bank.adapt_steps if adapt_steps is None else adapt_steps
     samples = load_samples(data, classes)
     names = class_list(samples)
     lookup = {c: i for i, c in enumerate(names)}
@@ -248,7 +260,17 @@ def fewshot_eval(
         tta=tta,
     )
     out = fewshot_evaluate(
-        loaded.model, emb, labels, n_way, k_shots, n_query, episodes, seed, names, centre
+        loaded.model,
+        emb,
+        labels,
+        n_way,
+        k_shots,
+        n_query,
+        episodes,
+        seed,
+        names,
+        centre,
+        adapt_steps,
     )
     out.update(
         {

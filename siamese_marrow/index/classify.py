@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import BankError
+from ..models.adapt import adapt_prototypes
 from .bank import AnchorBank
 from .calibration import apply_temperature, bank_temperature
 from .faiss_index import as_matrix
@@ -166,15 +167,18 @@ def gather_candidates(
 
 def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The class prototypes over all of the bank's anchors, when the model aggregates by
-    prototype (``model.aggregate=proto``); else None. ``O(N D)``, once per classify call."""
+    prototype (``model.aggregate=proto``), adapted to the bank when ``bank.adapt_steps`` > 0
+    (:func:`~siamese_marrow.models.adapt.adapt_prototypes`); else None. Once per classify call."""
     model = bank.model
     if not model.uses_prototypes:
         return None
     device = next(model.parameters()).device
-    return model.class_prototypes(
-        torch.from_numpy(bank.embeddings).to(device),
+    return adapt_prototypes(
+        model,
+        torch.from_numpy(np.asarray(bank.embeddings, dtype=np.float32)).to(device),
         torch.from_numpy(bank.labels).to(device),
         len(bank.classes),
+        steps=bank.bank_config.adapt_steps,
     )
 
 
