@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .utils import brief, coerce_value, load_yaml
+from ..errors import ConfigError
+from ..utils import brief, coerce_value, load_yaml
+from .bank import BankConfig, parse_size
 
 FREEZE_PATTERN = re.compile(r"^(none|all|last-\d+)$")
 
@@ -170,31 +171,6 @@ class TrainConfig:
 
 
 @dataclass
-class BankConfig:
-    """The FAISS anchor bank and consensus classification."""
-
-    # FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32, ...
-    index: str = "Flat"
-    # Candidates taken from the index per query before the pair heads rescore them.
-    top_m: int = 64
-    # Anchors per class reached for classes missing from the top-M candidates.
-    per_class_k: int = 5
-    # Score every anchor instead of a FAISS shortlist (exact consensus). With model.aggregate=mean
-    # a class's score then does not depend on how many anchors it has, which few-shot classes
-    # need: top-M or top-k aggregation favours classes with many anchors. Costs
-    # O(anchors x head width) per query: fine up to ~1e5 anchors.
-    score_all_anchors: bool = False
-    # Calls whose top probability is below this are "uncertain" (0 = never).
-    abstain_below: float = 0.0
-    # Embed anchors and queries as the mean of their 8 dihedral views (rotations by 90 degrees,
-    # mirrored or not): cells have no up; 8x the embedding time.
-    tta: bool = False
-    # With model.aggregate=proto: Adam steps that adapt the class prototypes to the bank's own
-    # anchors through the heads before classifying (0 = the plain class means; models/adapt.py).
-    adapt_steps: int = 0
-
-
-@dataclass
 class ScaleConfig:
     """Data-parallel training under torchrun and the GPU fast path (README "Scaling out")."""
 
@@ -310,6 +286,9 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "per_class_k": (0, False),
         "abstain_below": (0, False),
         "adapt_steps": (0, False),
+        "target_recall": (0, True),
+        "rechoose_factor": (1, True),
+        "stream_batch": (1, False),
     },
     ScaleConfig: {"timeout_s": (1, False)},
 }
@@ -324,7 +303,7 @@ _UPPER_BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "stain": (1, False),
         "blur": (1, False),
     },
-    BankConfig: {"abstain_below": (1, False)},
+    BankConfig: {"abstain_below": (1, False), "target_recall": (1, False)},
 }
 
 #: Smallest model.img_size other than 0: the total stride of the backbones (EfficientNet, ResNet,
@@ -352,6 +331,8 @@ def _validate(obj: Any, where: str) -> None:
             f"{where}.scale_min={obj.scale_min} is above scale_max={obj.scale_max}; "
             "the crop scale range is (scale_min, scale_max)"
         )
+    if isinstance(obj, BankConfig):
+        parse_size(obj.memory_budget, f"{where}.memory_budget")
     if isinstance(obj, DataConfig) and not obj.root.strip():
         raise ConfigError(
             f"{where}.root is empty; give an ImageFolder root, a CSV manifest or 'synthetic'"
