@@ -43,9 +43,6 @@ from ..utils import naming, sha256_file
 from .faiss_index import FaissIndex, RemoveUnsupported
 from .store import MANIFEST, read_snapshot, replace_directory, writer_lock
 
-FORMAT = "siamese-marrow-anchor-bank"
-FORMAT_VERSION = 1
-BANK_FILES = ("index.faiss", "embeddings.npy", "anchors.json", "config.yaml")
 
 
 class AnchorBank:
@@ -260,11 +257,11 @@ class AnchorBank:
         self.index.save(d / "index.faiss")
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(self.embeddings, dtype=np.float32), allow_pickle=False)
-        _write(d / "embeddings.npy", buf.getvalue())
-        _write(d / "anchors.json", (json.dumps(self.anchors, indent=1) + "\n").encode())
+        write_file(d / "embeddings.npy", buf.getvalue())
+        write_file(d / "anchors.json", (json.dumps(self.anchors, indent=1) + "\n").encode())
         save_config(self.config, d / "config.yaml")
         files = {name: sha256_file(d / name) for name in BANK_FILES}
-        _write(d / MANIFEST, (json.dumps(self.manifest(files), indent=2) + "\n").encode())
+        write_file(d / MANIFEST, (json.dumps(self.manifest(files), indent=2) + "\n").encode())
 
     @classmethod
     def load(
@@ -287,9 +284,9 @@ class AnchorBank:
         snap = read_snapshot(directory, BANK_FILES, check_manifest)
         target, manifest = snap.directory, snap.manifest
         if loaded_run is None:
-            loaded_run = _load_model_of(target, manifest, run, checkpoint, device)
+            loaded_run = load_model_of(target, manifest, run, checkpoint, device)
         check_model(manifest, loaded_run, target)
-        emb = _npy_from_bytes(snap.files["embeddings.npy"], target / "embeddings.npy")
+        emb = npy_from_bytes(snap.files["embeddings.npy"], target / "embeddings.npy")
         try:
             anchors = json.loads(snap.files["anchors.json"])
         except (ValueError, UnicodeDecodeError) as e:
@@ -337,114 +334,3 @@ def _check_labels(labels: Sequence[str]) -> None:
         check_labels(set(labels), "bank")
     except DataError as e:
         raise BankError(str(e)) from None
-
-
-def check_target(target: Path, replace: bool) -> None:
-    """Refuse to save over something that is not a bank, or over a bank unless ``replace``."""
-    if target.exists() and not target.is_dir():
-        raise BankError(f"{target} exists and is not a folder; choose another path")
-    if (target / MANIFEST).is_file():
-        if not replace:
-            raise BankError(
-                f"{target} already holds an anchor bank; add classes to it with bank add, or "
-                "pass --force (replace=True) to replace it"
-            )
-    elif target.is_dir() and any(target.iterdir()):
-        raise BankError(
-            f"{target} exists, is not empty and is not an anchor bank (no {MANIFEST}); "
-            "choose another path"
-        )
-
-
-def _load_model_of(
-    target: Path,
-    manifest: dict[str, Any],
-    run: str | Path | None,
-    checkpoint: str | None,
-    device: str,
-) -> LoadedRun:
-    run_dir = Path(run) if run is not None else Path(manifest["run"])
-    name = checkpoint or manifest["checkpoint"]
-    try:
-        return load_run(run_dir, name, device=device)
-    except CheckpointError as e:
-        raise BankError(
-            f"cannot load the model of bank {target} from run {run_dir} "
-            f"(checkpoint {name}): {e}; pass --run RUN with the run the bank was built "
-            f"with (weights sha256 {manifest['weights_sha256'][:12]}...)"
-        ) from None
-
-
-def _npy_from_bytes(blob: bytes | bytearray, where: Path) -> np.ndarray:
-    """A float32 ``.npy`` file's array over its bytes (no copy; never unpickles)."""
-    f = io.BytesIO(blob)
-    try:
-        version = np.lib.format.read_magic(f)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(f)
-    except ValueError as e:
-        raise BankError(f"{where} cannot be read ({e})") from None
-    if dtype != np.float32 or fortran or len(shape) != 2:
-        raise BankError(f"{where} cannot be read: it holds {dtype} {shape}, not float32 (N, D)")
-    count = int(np.prod(shape))
-    if len(blob) - f.tell() != count * 4:
-        raise BankError(f"{where} is truncated: {shape} needs {count * 4} bytes of data")
-    return np.frombuffer(blob, np.float32, count, offset=f.tell()).reshape(shape)
-
-
-def read_manifest(target: str | Path) -> dict[str, Any]:
-    """The checked ``manifest.json`` of a bank folder (read without changing anything)."""
-    return read_snapshot(target, (), check_manifest).manifest
-
-
-def check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
-    """``manifest`` (parsed from ``path``; None when the file is missing) with its format
-    checked."""
-    target = path.parent
-    if manifest is None:
-        raise BankError(
-            f"{target} is not an anchor bank (no {MANIFEST}); build one with "
-            "siamese-marrow bank build --run RUN --data DIR --out BANK"
-        )
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BankError(f"{path} is not an anchor-bank manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BankError(
-            f"{path} has format version {manifest.get('format_version')}; this version of "
-            f"siamese-marrow reads version {FORMAT_VERSION}; rebuild the bank"
-        )
-    missing = [
-        k
-        for k in ("run", "checkpoint", "weights_sha256", "config_digest", "files", "index_factory")
-        if k not in manifest
-    ]
-    if missing:
-        raise BankError(f"{path} lacks {', '.join(missing)}; rebuild the bank")
-    return manifest
-
-
-def check_model(manifest: dict[str, Any], loaded_run: LoadedRun, where: Path) -> None:
-    """Refuse a model other than the one the bank was built with, naming both."""
-    have_w = loaded_run.meta.get("weights_sha256", "?")
-    have_c = loaded_run.cfg.digest()
-    want_w, want_c = manifest["weights_sha256"], manifest["config_digest"]
-    if have_w != want_w or have_c != want_c:
-        what = "weights" if have_w != want_w else "model config"
-        raise BankError(
-            f"bank {where} was built with run {manifest['run']} ({manifest['checkpoint']}: weights "
-            f"sha256 {want_w[:16]}, config digest {want_c[:16]}); the model given, run "
-            f"{loaded_run.run} ({loaded_run.name}), has weights sha256 {have_w[:16]}, config "
-            f"digest {have_c[:16]}: its {what} differ(s). Use the run the bank was built with, or "
-            "rebuild the bank with this run"
-        )
-
-
-def _write(path: Path, data: bytes) -> None:
-    with naming(path), open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())

@@ -230,6 +230,87 @@ class FaissIndex:
     def efSearch(self, value: int) -> None:  # noqa: N802
         self._hnsw("efSearch").hnsw.efSearch = int(value)
 
+    @property
+    def kind(self) -> str:
+        """``"ivf"``, ``"hnsw"`` or ``"flat"`` (anything else searched exhaustively)."""
+        if self._ivf_or_none() is not None:
+            return "ivf"
+        inner = self.index
+        if isinstance(inner, faiss.IndexIDMap2):
+            inner = faiss.downcast_index(inner.index)
+        return "hnsw" if hasattr(inner, "hnsw") else "flat"
+
+    @property
+    def nlist(self) -> int:
+        return int(self._ivf("nlist").nlist)
+
+    @property
+    def search_params(self) -> dict[str, int]:
+        """``{"nprobe": n}`` (IVF), ``{"efSearch": n}`` (HNSW) or ``{}``."""
+        kind = self.kind
+        return (
+            {"nprobe": self.nprobe}
+            if kind == "ivf"
+            else ({"efSearch": self.efSearch} if kind == "hnsw" else {})
+        )
+
+    def set_search_params(self, params: dict[str, int]) -> None:
+        for name, value in (params or {}).items():
+            if name not in ("nprobe", "efSearch"):
+                raise ValueError(f"unknown search parameter {name!r} (nprobe, efSearch)")
+            setattr(self, name, int(value))
+
+    def list_ids(self) -> list[np.ndarray]:
+        """IVF only: the ids in each inverted list, ``[(size_i,) int64 for i in range(nlist)]``."""
+        lists = self._ivf("list_ids").invlists
+        return [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).astype(np.int64)
+            if lists.list_size(i)
+            else np.zeros(0, np.int64)
+            for i in range(lists.nlist)
+        ]
+
+    def coarse(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """IVF only: queries ``(B, D)`` as the IVF sees them (after any OPQ rotation) and every
+        list ranked for each: ``(q', sims (B, nlist), lists (B, nlist))``, nearest first."""
+        ivf = self._ivf("coarse")
+        x = as_matrix(q, self.dim, "coarse")
+        if isinstance(self.index, faiss.IndexPreTransform):
+            for i in range(self.index.chain.size()):
+                x = np.ascontiguousarray(self.index.chain.at(i).apply_py(x), dtype=np.float32)
+        dis, lists = ivf.quantizer.search(x, ivf.nlist)
+        return x, dis, lists
+
+    @staticmethod
+    def selector(ids: np.ndarray) -> object:
+        """A FAISS id selector for ``ids`` (keep a reference while it is used)."""
+        return faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def search_preassigned(
+        self, xq: np.ndarray, k: int, dis: np.ndarray, lists: np.ndarray, sel: object
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """IVF only: top-``k`` of ``xq`` (from :meth:`coarse`) in the given lists ``(B, P)``
+        (-1 = none; ``dis`` their centroid similarities) among the ids ``sel`` admits (-1 ids and
+        -inf sims where fewer are found)."""
+        ivf = self._ivf("search_preassigned")
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        lists = np.ascontiguousarray(lists, dtype=np.int64)
+        dis = np.ascontiguousarray(dis, dtype=np.float32)
+        n, p = lists.shape
+        sims = np.full((n, k), -np.inf, np.float32)
+        ids = np.full((n, k), -1, np.int64)
+        if n == 0 or p == 0:
+            return sims, ids
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(p))
+        # the Python wrapper refuses params; the C++ call takes them (selector and nprobe = P)
+        sp = faiss.swig_ptr
+        ivf.search_preassigned_c(
+            n, sp(xq), int(k), sp(lists), sp(dis), sp(sims), sp(ids), False, params
+        )
+        sims = sims.astype(np.float32, copy=False)
+        sims[ids < 0] = -np.inf
+        return sims, ids.astype(np.int64, copy=False)
+
     def _ivf_or_none(self) -> faiss.IndexIVF | None:
         inner = self.index
         if isinstance(inner, faiss.IndexIDMap2):
