@@ -420,6 +420,6 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    from .utils import atomic_write_text
+    from ..utils import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import expand_images, load_samples
-from ..index.bank import AnchorBank, check_target, read_manifest
+from ..index.bank import AnchorBank
+from ..index.bankfiles import check_target, read_manifest
 from ..index.store import writer_lock
 from ..models.checkpoint import load_run
 from .distributed import is_main, on_main

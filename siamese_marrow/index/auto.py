@@ -204,3 +204,37 @@ def tune(
         if recall >= target:
             break
     return {name: int(getattr(index, name))}, round(float(recall), 4), len(rows)
+
+
+def build_index(
+    factory: str, x: np.ndarray, ids: np.ndarray, seed: int = 0, chunk: int = 65_536
+) -> FaissIndex:
+    """A ``factory`` index over ``x (N, D)`` (float32 or float16) under ``ids (N,)``: trained on
+    a seeded sample (39 vectors per IVF list, as FAISS needs; more for PQ codebooks) and filled
+    ``chunk`` rows at a time, so a float16 bank is never copied whole to float32."""
+    index = FaissIndex(x.shape[1], factory, "ip")
+    if len(x) and not index.is_trained:
+        nlist = next((int(p[3:]) for p in factory.split(",") if p.startswith("IVF")), 0)
+        size = min(len(x), max(39 * nlist, 64 * 256 if "PQ" in factory else 0, 1))
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), size, replace=False))
+        index.train(np.asarray(x[rows], dtype=np.float32))
+    for start in range(0, len(x), chunk):
+        index.add(
+            np.asarray(x[start : start + chunk], dtype=np.float32), ids[start : start + chunk]
+        )
+    return index
+
+
+def rechoose_due(choice: IndexChoice | None, n: int, factor: float) -> bool:
+    """Whether a bank of ``n`` anchors chosen for ``choice.num_anchors`` should choose again."""
+    if choice is None:
+        return n > 0
+    before = max(choice.num_anchors, 1)
+    return n >= before * factor or n * factor <= before
+
+
+def choice_from_dict(data: dict[str, Any] | None) -> IndexChoice | None:
+    if not data:
+        return None
+    known = {f for f in IndexChoice.__dataclass_fields__}
+    return IndexChoice(**{k: v for k, v in data.items() if k in known})

@@ -3,10 +3,12 @@
 Layout of a bank directory (every file listed with its sha256 in ``manifest.json``)::
 
     BANK/index.faiss       the FAISS index (ids = anchor ids)
-    BANK/embeddings.npy    (N, D) float32, unit-norm rows, in anchor order (read without pickle)
+    BANK/embeddings.npy    (N, D) float32 (float16 in large banks, bank.embeddings), unit-norm
+                           rows, in anchor order (read without pickle, and without a copy)
     BANK/anchors.json      [{"id": int, "path": str, "label": str}, ...], same order
     BANK/config.yaml       the resolved config of the run the bank was built with
-    BANK/manifest.json     model identity, index factory, classes with counts, file hashes
+    BANK/manifest.json     model identity, index factory (and auto's choice, its memory and
+                           measured recall), classes with counts, file hashes
 
 The manifest records the run (path and checkpoint) and the sha256 of its weights and config, so a
 bank is only ever queried with the model that embedded it: :meth:`AnchorBank.load` refuses any
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import os
 from collections import Counter
@@ -35,14 +36,33 @@ import numpy as np
 
 from ..config import BankConfig, save_config
 from ..data.datasets import Sample, check_labels
-from ..errors import BankError, CheckpointError, DataError
+from ..errors import BankError, DataError
 from ..models import SiameseNet
-from ..models.checkpoint import LoadedRun, load_run
+from ..models.checkpoint import LoadedRun
 from ..models.embed import embed_paths
 from ..utils import naming, sha256_file
+from .auto import (
+    IndexChoice,
+    build_index,
+    choice_from_dict,
+    choose_index,
+    embedding_dtype,
+    rechoose_due,
+    tune,
+)
+from .bankfiles import (
+    BANK_FILES,
+    FORMAT,
+    FORMAT_VERSION,
+    check_manifest,
+    check_model,
+    check_target,
+    load_model_of,
+    npy_from_bytes,
+    write_file,
+)
 from .faiss_index import FaissIndex, RemoveUnsupported
 from .store import MANIFEST, read_snapshot, replace_directory, writer_lock
-
 
 
 class AnchorBank:
@@ -59,7 +79,10 @@ class AnchorBank:
         self.config = copy.deepcopy(run.cfg)
         if factory:
             self.config.bank.index = factory
-        self.factory = self.config.bank.index
+        #: "auto" or the factory string asked for; ``factory`` is the index in use
+        self.requested = self.config.bank.index
+        self.factory = "Flat" if self.requested == "auto" else self.requested
+        self.choice: IndexChoice | None = None  # what auto chose (bank.index=auto)
         self.index = FaissIndex(self.model.dim, self.factory, "ip")
         self.embeddings = np.zeros((0, self.model.dim), np.float32)
         self.anchors: list[dict[str, Any]] = []
@@ -185,14 +208,24 @@ class AnchorBank:
         self._check_new_paths(paths)
         _check_labels(labels)
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.index.add(emb, ids)  # an untrained (IVF/PQ) index is empty: it trains on these
-        self.embeddings = np.concatenate([self.embeddings, emb])
+        total = len(self.anchors) + n
+        dtype = embedding_dtype(total, self.config.bank.embeddings)
+        self.embeddings = np.concatenate(
+            [self.embeddings.astype(dtype, copy=False), emb], dtype=dtype
+        )
+        rechoose = self.requested == "auto" and rechoose_due(
+            self.choice, total, self.config.bank.rechoose_factor
+        )
+        if not rechoose:
+            self.index.add(emb, ids)  # an untrained (IVF/PQ) index is empty: it trains on these
         self.anchors.extend(
             {"id": int(i), "path": str(p), "label": str(lab)}
             for i, p, lab in zip(ids, paths, labels, strict=True)
         )
         self.next_id += n
         self._refresh()
+        if rechoose:
+            self.choose_index()
         return ids
 
     def remove(self, label: str) -> int:
@@ -212,17 +245,38 @@ class AnchorBank:
         self.embeddings = np.ascontiguousarray(self.embeddings[keep])
         self.anchors = [a for a, k in zip(self.anchors, keep, strict=True) if k]
         self._refresh()
-        if rebuild:
+        if self.requested == "auto" and rechoose_due(
+            self.choice, len(self), self.config.bank.rechoose_factor
+        ):
+            self.choose_index()
+        elif rebuild:
             self.rebuild_index()
         return int(drop.sum())
 
     def rebuild_index(self, factory: str | None = None) -> None:
-        """A fresh index (trained again if IVF/PQ) over the kept embeddings."""
+        """A fresh index (trained again if IVF/PQ) over the kept embeddings, with the same search
+        parameters (``factory`` given: that index from now on, instead of auto's choice)."""
+        params = self.index.search_params
         if factory:
-            self.factory = self.config.bank.index = factory
-        index = FaissIndex(self.dim, self.factory, "ip")
-        index.add(self.embeddings, self.ids)
-        self.index = index
+            self.factory = self.requested = self.config.bank.index = factory
+            self.choice, params = None, {}
+        self.index = build_index(self.factory, self.embeddings, self.ids)
+        if self.index.search_params.keys() == params.keys():
+            self.index.set_search_params(params)
+
+    def choose_index(self) -> IndexChoice:
+        """bank.index=auto: choose the index for the bank's size (:func:`.auto.choose_index`),
+        rebuild it when the choice changed, and tune its search breadth to bank.target_recall."""
+        cfg = self.config.bank
+        choice = choose_index(len(self), self.dim, cfg)
+        if choice.factory != self.factory or self.index.ntotal != len(self):
+            self.factory = choice.factory
+            self.index = build_index(self.factory, self.embeddings, self.ids)
+        choice.params, choice.recall, choice.tuned_on = tune(
+            self.index, self.embeddings, self.ids, cfg.target_recall
+        )
+        self.choice = choice
+        return choice
 
     # --- files ----------------------------------------------------------------------------------
     def manifest(self, files: dict[str, str]) -> dict[str, Any]:
@@ -238,6 +292,10 @@ class AnchorBank:
             "normalisation": "l2",
             "metric": "inner_product",
             "index_factory": self.factory,
+            "index_requested": self.requested,
+            "index_choice": self.choice.to_dict() if self.choice else None,
+            "search_params": self.index.search_params,
+            "embeddings_dtype": str(self.embeddings.dtype),
             "bank_config": dataclasses.asdict(self.config.bank),
             "num_anchors": len(self.anchors),
             "next_id": int(self.next_id),
@@ -255,9 +313,10 @@ class AnchorBank:
 
     def _write_files(self, d: Path) -> None:
         self.index.save(d / "index.faiss")
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(self.embeddings, dtype=np.float32), allow_pickle=False)
-        write_file(d / "embeddings.npy", buf.getvalue())
+        with naming(d / "embeddings.npy"), open(d / "embeddings.npy", "wb") as f:
+            np.save(f, np.ascontiguousarray(self.embeddings), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
         write_file(d / "anchors.json", (json.dumps(self.anchors, indent=1) + "\n").encode())
         save_config(self.config, d / "config.yaml")
         files = {name: sha256_file(d / name) for name in BANK_FILES}
@@ -310,10 +369,13 @@ class AnchorBank:
         known = {f.name for f in dataclasses.fields(BankConfig)}
         saved = {k: v for k, v in manifest.get("bank_config", {}).items() if k in known}
         bank.config.bank = BankConfig(**saved)
-        bank.config.bank.index = bank.factory = manifest["index_factory"]
+        bank.factory = manifest["index_factory"]
+        bank.requested = bank.config.bank.index = manifest.get("index_requested", bank.factory)
+        bank.choice = choice_from_dict(manifest.get("index_choice"))
         bank.index = FaissIndex.from_bytes(
-            snap.files["index.faiss"], manifest["index_factory"], "ip", str(target / "index.faiss")
-        )
+            snap.files.pop("index.faiss"), bank.factory, "ip", str(target / "index.faiss")
+        )  # its bytes are dropped as soon as the index is read: the bank is not held twice
+        bank.index.set_search_params(manifest.get("search_params") or {})
         bank.embeddings = emb
         bank.anchors = anchors
         bank.next_id = int(manifest.get("next_id", len(anchors)))
