@@ -4,8 +4,10 @@ For each query embedding (DESIGN.md, "Anchor bank"):
 
 1. the FAISS index gives the ``top_m`` nearest anchors;
 2. every class of the bank with fewer than ``min(per_class_k, class size)`` anchors among them
-   adds its own ``per_class_k`` nearest anchors, found by exact search in that class's embeddings
-   (one matrix product per class, for all the queries that need it);
+   adds its own ``per_class_k`` nearest anchors (:mod:`.shortlist`: exact for small classes,
+   through the IVF lists that hold the class for large ones); with ``bank.shortlist=balanced``
+   (the default) each class then keeps exactly its ``min(per_class_k, size)`` nearest, so mean
+   and top-k aggregation do not depend on class size;
 3. the pair heads score the query against all its candidates in ONE batched call
    (queries x candidates, padding labelled -1 so the consensus ignores it);
 4. ``model.consensus`` aggregates per class into g, which therefore covers every class;
@@ -34,6 +36,7 @@ from ..models.adapt import adapt_prototypes
 from .bank import AnchorBank
 from .calibration import apply_temperature, bank_temperature
 from .faiss_index import as_matrix
+from .shortlist import Shortlist, cosines
 
 UNCERTAIN = "uncertain"
 
@@ -99,37 +102,6 @@ def _predictions(
     return [UNCERTAIN if p[i, t] < abstain_below else classes[t] for i, t in enumerate(top)]
 
 
-def class_members(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    """Rows of each class, ``[(n_c,) int64 for c in range(C)]``."""
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
-    return [order[bounds[c] : bounds[c + 1]] for c in range(num_classes)]
-
-
-def per_class_counts(rows: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(B, C)`` number of candidates of each class among ``rows (B, K)`` (-1 = padding)."""
-    b = rows.shape[0]
-    lab = np.where(rows >= 0, labels[rows.clip(0)], -1) + 1  # 0 = padding
-    flat = (np.arange(b)[:, None] * (num_classes + 1) + lab).ravel()
-    counts = np.bincount(flat, minlength=b * (num_classes + 1)).reshape(b, num_classes + 1)
-    return counts[:, 1:]
-
-
-def unique_rows(rows: np.ndarray) -> np.ndarray:
-    """Drop duplicate candidates in each row of ``rows (B, K)``; -1 padding moved to the end and
-    columns that are padding for every query trimmed."""
-    if rows.shape[1] == 0:
-        return rows
-    s = np.sort(rows, axis=1)
-    dup = np.zeros_like(s, dtype=bool)
-    dup[:, 1:] = s[:, 1:] == s[:, :-1]
-    s[dup] = -1
-    order = np.argsort(s < 0, axis=1, kind="stable")
-    s = np.take_along_axis(s, order, axis=1)
-    width = int((s >= 0).sum(1).max()) if len(s) else 0
-    return s[:, : max(width, 1)]
-
-
 def gather_candidates(
     queries: np.ndarray,
     embeddings: np.ndarray,
@@ -137,32 +109,28 @@ def gather_candidates(
     num_classes: int,
     top_rows: np.ndarray,
     per_class_k: int,
+    balanced: bool = False,
 ) -> np.ndarray:
-    """Candidate anchor rows ``(B, K)`` (-1 = padding) for queries ``(B, D)``.
+    """Candidate anchor rows ``(B, K)`` (-1 = padding) for queries ``(B, D)`` by exact search:
+    the top-M rows ``top_rows (B, M)`` plus the ``per_class_k`` nearest anchors of each class
+    with fewer among them; ``balanced`` keeps exactly each class's ``per_class_k`` nearest
+    (:class:`.shortlist.Shortlist`)."""
+    ids = np.arange(len(embeddings), dtype=np.int64)
+    sl = Shortlist(None, embeddings, labels, ids, num_classes, per_class_k, balanced)
+    return sl.candidates(queries, top_rows)
 
-    ``top_rows (B, M)`` are the index's top-M anchor rows. Each class with fewer than
-    ``min(per_class_k, n_c)`` candidates in a query's top-M adds its ``per_class_k`` nearest
-    anchors (exact inner product with ``embeddings (N, D)``); duplicates are dropped.
-    """
-    b = len(queries)
-    if per_class_k <= 0 or num_classes == 0:
-        return unique_rows(top_rows)
-    members = class_members(labels, num_classes)
-    sizes = np.array([len(m) for m in members])
-    need = per_class_counts(top_rows, labels, num_classes) < np.minimum(per_class_k, sizes)
-    extra = np.full((b, num_classes * per_class_k), -1, np.int64)
-    for c in np.flatnonzero(need.any(0)):
-        qs = np.flatnonzero(need[:, c])
-        rows_c = members[c]
-        kc = min(per_class_k, len(rows_c))
-        sims = queries[qs] @ embeddings[rows_c].T  # (|qs|, n_c)
-        best = (
-            np.argpartition(-sims, kc - 1, axis=1)[:, :kc]
-            if kc < len(rows_c)
-            else np.broadcast_to(np.arange(kc), (len(qs), kc))
-        )
-        extra[qs[:, None], c * per_class_k + np.arange(kc)] = rows_c[best]
-    return unique_rows(np.concatenate([top_rows, extra], axis=1))
+
+def bank_shortlist(bank: AnchorBank, per_class_k: int) -> Shortlist:
+    """The shortlist of ``bank`` (class-balanced unless ``bank.shortlist=top_m``)."""
+    return Shortlist(
+        bank.index,
+        bank.embeddings,
+        bank.labels,
+        bank.ids,
+        len(bank.classes),
+        per_class_k,
+        balanced=bank.bank_config.shortlist == "balanced",
+    )
 
 
 def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -199,12 +167,11 @@ def score_candidates(
     model = bank.model
     device = next(model.parameters()).device
     safe = rows.clip(0)
-    cand = bank.embeddings[safe]  # (B, K, D)
-    cos = np.einsum("bkd,bd->bk", cand, queries)
+    cos = cosines(queries, bank.embeddings, rows)
     uniq, inverse = np.unique(safe, return_inverse=True)  # each anchor through the heads once
     local = np.where(rows >= 0, inverse.reshape(safe.shape), -1)
     g, h1, h2 = model.anchor_consensus(
-        torch.from_numpy(bank.embeddings[uniq]).to(device),
+        torch.from_numpy(np.asarray(bank.embeddings[uniq], dtype=np.float32)).to(device),
         torch.from_numpy(bank.labels[uniq]).to(device),
         torch.from_numpy(queries).to(device),
         len(bank.classes),
@@ -212,7 +179,7 @@ def score_candidates(
         prototypes=prototypes,
     )
     pair = ((h1 + h2) / 2).float().cpu().numpy()
-    return g.float().cpu().numpy(), pair, cos.astype(np.float32)
+    return g.float().cpu().numpy(), pair, np.where(rows >= 0, cos, 0).astype(np.float32)
 
 
 def _anchor(bank: AnchorBank, row: int, sim: float, pair: float) -> dict[str, Any]:
@@ -258,19 +225,19 @@ def classify(
     t_search = t_heads = 0.0
     probs, counts, support = [], [], []
     protos = bank_prototypes(bank)
+    shortlist = bank_shortlist(bank, 0 if cfg.score_all_anchors else per_class_k)
     for start in range(0, len(q_all), chunk):
         q = q_all[start : start + chunk]
         t0 = time.perf_counter()
         m = min(max(top_m, 0), len(bank))
         if cfg.score_all_anchors:
             top_rows = np.broadcast_to(np.arange(len(bank)), (len(q), len(bank)))
-            per_class_k = 0  # every anchor is already a candidate
         elif m > 0:
             _, ids = bank.index.search(q, m)
             top_rows = bank.rows_of_ids(ids)
         else:
             top_rows = np.zeros((len(q), 0), np.int64)
-        rows = gather_candidates(q, bank.embeddings, bank.labels, n_cls, top_rows, per_class_k)
+        rows = shortlist.candidates(q, top_rows)
         t1 = time.perf_counter()
         g, pair, cos = score_candidates(bank, q, rows, protos)
         t_search += t1 - t0
@@ -319,13 +286,15 @@ def search(bank: AnchorBank, queries: np.ndarray, k: int = 10) -> list[list[dict
     rows = bank.rows_of_ids(ids)
     model = bank.model
     device = next(model.parameters()).device
-    cos = np.einsum("bkd,bd->bk", bank.embeddings[rows.clip(0)], q)
+    cos = cosines(q, bank.embeddings, rows)
+    uniq, inverse = np.unique(rows.clip(0), return_inverse=True)  # the found anchors only
+    local = np.where(rows >= 0, inverse.reshape(rows.shape), -1)
     _, h1, h2 = model.anchor_consensus(
-        torch.from_numpy(bank.embeddings).to(device),
-        torch.from_numpy(bank.labels).to(device),
+        torch.from_numpy(np.asarray(bank.embeddings[uniq], dtype=np.float32)).to(device),
+        torch.from_numpy(bank.labels[uniq]).to(device),
         torch.from_numpy(q).to(device),
         len(bank.classes),
-        rows=torch.from_numpy(rows).to(device),
+        rows=torch.from_numpy(local).to(device),
     )
     pair = ((h1 + h2) / 2).float().cpu().numpy()
     return [
