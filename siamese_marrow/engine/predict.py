@@ -50,34 +50,46 @@ def classify_paths_timed(
     n_support: int = 5,
     batch_size: int = 64,
     num_workers: int = 0,
+    stream_batch: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """:func:`classify_paths` plus the timing: ``load_s`` (decode + transform), ``backbone_s``,
+    """:func:`classify_paths` plus the timing (summed over chunks of ``stream_batch`` images,
+    default ``bank.stream_batch``, embedded and classified one at a time, so the images of a
+    large query set never sit in memory together): ``load_s`` (decode + transform), ``backbone_s``,
     ``search_s``, ``heads_s``, ``total_s``, ``outside_backbone_s`` and ``outside_backbone_share``
     (the fraction of the time spent outside the backbone forward pass)."""
     bank = open_bank(bank)
     t0 = time.perf_counter()
     files = expand_images(paths)
-    emb, t_embed = embed_paths(bank.model, files, batch_size, num_workers, tta=bank.bank_config.tta)
-    result = classify(
-        bank,
-        emb,
-        top_m=top_m,
-        per_class_k=per_class_k,
-        abstain_below=abstain_below,
-        n_support=n_support,
-    )
+    step = stream_batch or bank.bank_config.stream_batch
+    records: list[dict[str, Any]] = []
+    spent = dict.fromkeys(("load_s", "backbone_s", "search_s", "heads_s"), 0.0)
+    for start in range(0, max(len(files), 1), step):  # streamed: one chunk of images at a time
+        chunk = files[start : start + step]
+        emb, t_embed = embed_paths(
+            bank.model, chunk, batch_size, num_workers, tta=bank.bank_config.tta
+        )
+        result = classify(
+            bank,
+            emb,
+            top_m=top_m,
+            per_class_k=per_class_k,
+            abstain_below=abstain_below,
+            n_support=n_support,
+        )
+        records.extend(result.records(chunk))
+        for key in ("load_s", "backbone_s"):
+            spent[key] += t_embed[key]
+        for key in ("search_s", "heads_s"):
+            spent[key] += result.timing[key]
     total = time.perf_counter() - t0
     timing = {
         "images": len(files),
-        "load_s": t_embed["load_s"],
-        "backbone_s": t_embed["backbone_s"],
-        "search_s": result.timing["search_s"],
-        "heads_s": result.timing["heads_s"],
+        **spent,
         "total_s": total,
-        "outside_backbone_s": total - t_embed["backbone_s"],
-        "outside_backbone_share": (total - t_embed["backbone_s"]) / total if total > 0 else 0.0,
+        "outside_backbone_s": total - spent["backbone_s"],
+        "outside_backbone_share": (total - spent["backbone_s"]) / total if total > 0 else 0.0,
     }
-    return result.records(files), timing
+    return records, timing
 
 
 def classify_paths(
