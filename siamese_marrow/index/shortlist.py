@@ -3,8 +3,9 @@ anchor.
 
 Every class c gets exactly ``min(per_class_k, n_c)`` candidates, its nearest anchors by cosine,
 so ``mean`` and ``top-k`` aggregation see the same number of anchors per class and a class's
-score does not depend on its size. Classes with enough anchors among the index's top-M already
-have them there (the top-M is sorted by similarity); the others are searched on their own:
+score does not depend on its size. Each class is searched on its own (the top-M holds only an
+approximate few of the nearest classes' anchors; in the top-M mode only the classes with too few
+anchors there are searched):
 exactly (one matrix product) when small, else, in an IVF index, in the lists nearest the query
 *among the lists that hold that class* (``nprobe`` of them), with an id selector admitting only
 the class's ids (:meth:`FaissIndex.search_preassigned`). The caller's exact cosines then rank the
@@ -146,7 +147,11 @@ class Shortlist:
         b, k = len(queries), self.k
         if k <= 0 or self.num_classes == 0:
             return unique_rows(top_rows)
-        need = per_class_counts(top_rows, self.labels, self.num_classes) < np.minimum(k, self.sizes)
+        if self.balanced:  # every class searched on its own: its nearest, not the top-M's
+            need = np.broadcast_to(self.sizes > 0, (b, self.num_classes))
+        else:
+            counts = per_class_counts(top_rows, self.labels, self.num_classes)
+            need = counts < np.minimum(k, self.sizes)
         big = self.sizes > EXACT_CLASS_UP_TO
         use_ivf = self.index is not None and self.index.kind == "ivf"
         coarse = None
