@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bank import make_run
 
 from siamese_marrow.config import BankConfig, ConfigError, load_config, parse_size
 from siamese_marrow.index import AnchorBank, BankError, FaissIndex, search
@@ -18,7 +19,6 @@ from siamese_marrow.index import shortlist as shortlist_mod
 from siamese_marrow.index.auto import EXACT_UP_TO, FLOAT16_FROM, choose_index, tune
 from siamese_marrow.index.shortlist import Shortlist, class_members, cosines
 from siamese_marrow.models.checkpoint import load_run
-from test_bank import make_run
 
 
 def cfg(**kw: object) -> BankConfig:
@@ -117,7 +117,7 @@ def test_class_members_and_mean_is_size_blind() -> None:
     """Adding far-away anchors to a class leaves its balanced shortlist (and so its mean
     aggregate) unchanged."""
     x, y = clustered([30, 30], 8, seed=4)
-    far = -x[:200 % len(x)][:20]  # the opposite directions: never among the nearest
+    far = -x[: 200 % len(x)][:20]  # the opposite directions: never among the nearest
     q = x[:5] * 0.9 + x[40:45] * 0.1
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     ids = np.arange(len(x))
