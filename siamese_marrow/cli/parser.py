@@ -92,7 +92,7 @@ def _add_bank(sub: Any) -> None:
     b.add_argument("--run", required=True)
     b.add_argument("--data", required=True, help="ImageFolder root or CSV manifest")
     b.add_argument("--out", required=True, help="bank directory")
-    b.add_argument("--index", help="FAISS factory string (default: the run's bank.index)")
+    b.add_argument("--index", help="FAISS factory string or auto (default: the run's bank.index)")
     b.add_argument("--checkpoint", default="best", choices=("best", "last"))
     b.add_argument("--workers", type=arg_workers, default=0, help="DataLoader workers")
     b.add_argument("--quiet", action="store_true")

@@ -128,7 +128,8 @@ def _set_up(
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model)
     n_trainable = model.backbone.apply_freeze(tc.freeze)
-    FaissIndex(model.dim, cfg.bank.index)  # the bank.index of this run's banks must parse
+    if cfg.bank.index != "auto":  # the bank.index of this run's banks must parse
+        FaissIndex(model.dim, cfg.bank.index)
     data = distributed.on_main(lambda: _claim_run_folder(cfg, out, resume, progress, force, stack))
     proxy = (
         ProxyLoss(len(data.classes), model.dim, tc.proxy_temperature) if tc.proxy_weight else None
