@@ -107,10 +107,38 @@ def test_balanced_shortlist_agrees_with_the_exact_consensus(monkeypatch, factory
     exact = mean_topk(q, x, y, every, len(sizes), k).argmax(1)
     got = mean_topk(q, x, y, rows, len(sizes), k).argmax(1)
     assert (got == exact).mean() >= 0.99
+    # a class the bound ruled out (searched cheaply) is never the exact winner
+    assert not sl.pruned[np.arange(len(q)), exact].any()
+    if index.kind == "ivf":  # the bound did rule some out, and only big classes
+        assert sl.pruned.any() and not sl.pruned[:, 3:].any()
     # the unbalanced top-M shortlist gives a big class more candidates than a small one
     rows_m = Shortlist(index, x, y, ids, len(sizes), k, balanced=False).candidates(q, top)
     lab_m = np.where(rows_m >= 0, y[rows_m.clip(0)], -1)
     assert (lab_m == 0).sum(1).max() > k
+
+
+def test_best_class_missing_from_the_top_m_gets_its_exact_nearest(monkeypatch) -> None:
+    """With a top-M too short to hold k anchors of any class, the bound (top-M cosines plus the
+    M-th cosine for the missing ones) keeps the winning big class in the precise search, which
+    (all lists probed) returns exactly its k nearest anchors."""
+    monkeypatch.setattr(shortlist_mod, "EXACT_CLASS_UP_TO", 500)
+    sizes, k = [4000, 2000, 800, 300, 100, 40], 5
+    x, y = clustered(sizes, 16, seed=2)
+    q, _ = clustered([10] * len(sizes), 16, seed=7)
+    ids = np.arange(len(x), dtype=np.int64)
+    index = auto_mod.build_index("IVF64,Flat", x, ids)
+    index.nprobe = 64
+    _, top = index.search(q, 3)  # < k of every class
+    sl = Shortlist(index, x, y, ids, len(sizes), k)
+    rows = sl.candidates(q, top)
+    every = np.broadcast_to(np.arange(len(x)), (len(q), len(x)))
+    exact = mean_topk(q, x, y, every, len(sizes), k).argmax(1)
+    assert (mean_topk(q, x, y, rows, len(sizes), k).argmax(1) == exact).all()
+    sims = q @ x.T
+    for i, c in enumerate(exact):
+        nearest = np.flatnonzero(y == c)[np.argsort(-sims[i, y == c])[:k]]
+        assert set(rows[i][rows[i] >= 0][y[rows[i][rows[i] >= 0]] == c]) == set(nearest)
+    assert sl.searched["precise"] >= len(q) and not sl.pruned[np.arange(len(q)), exact].any()
 
 
 def test_class_members_and_mean_is_size_blind() -> None:

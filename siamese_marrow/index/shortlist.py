@@ -1,15 +1,27 @@
 """The class-balanced shortlist: each class's own nearest anchors, found without scoring every
 anchor.
 
-Every class c gets exactly ``min(per_class_k, n_c)`` candidates, its nearest anchors by cosine,
-so ``mean`` and ``top-k`` aggregation see the same number of anchors per class and a class's
-score does not depend on its size. Each class is searched on its own (the top-M holds only an
-approximate few of the nearest classes' anchors; in the top-M mode only the classes with too few
-anchors there are searched):
-exactly (one matrix product) when small, else, in an IVF index, in the lists nearest the query
-*among the lists that hold that class* (``nprobe`` of them), with an id selector admitting only
-the class's ids (:meth:`FaissIndex.search_preassigned`). The caller's exact cosines then rank the
-candidates, so an approximate index only decides which anchors are looked at.
+Every class c gets ``min(per_class_k, n_c)`` candidates (k_c), its nearest anchors by cosine, so
+``mean`` and ``top-k`` aggregation see the same number of anchors per class and a class's score
+does not depend on its size. Per query, starting from the index's top-M:
+
+* classes up to ``EXACT_CLASS_UP_TO`` anchors (any class, without an IVF index) are searched
+  exactly (one matrix product per class, all queries at once);
+* a big class with k_c anchors in the top-M is *complete*: its k_c nearest are among them (up
+  to the index's own approximation). One with f < k_c there has a consensus score (mean cosine of
+  its k_c nearest) of at most ``(sum of its f cosines + (k_c - f) * s_M) / k_c``, s_M the
+  smallest cosine of the top-M;
+* the big classes that may win (their score if complete, else that bound, at least the best
+  complete class's score less ``BOUND_MARGIN``) are searched precisely, in the
+  ``PRECISE_NPROBE_FACTOR`` x nprobe IVF lists nearest the query among those holding the class,
+  with an id selector admitting only the class's ids (:meth:`FaissIndex.search_preassigned`);
+  the other incomplete ones cheaply, in ``CHEAP_NPROBE`` such lists: they cannot win, but still
+  get candidates, so g covers every class.
+
+Each class is one batched call across its queries; IVF searches return ``OVERFETCH`` x k_c
+anchors and the exact cosines on the stored embeddings choose each class's k_c, so an
+approximate (or quantized) index only decides which anchors are looked at. The bound is on the
+cosine consensus; the model's own heads then score these candidates.
 """
 
 from __future__ import annotations
@@ -20,6 +32,16 @@ from .faiss_index import FaissIndex
 
 #: classes up to this many anchors are searched exactly (a matrix product per class)
 EXACT_CLASS_UP_TO = 20_000
+#: a big class whose consensus bound (module docstring) is this far below the best complete
+#: class's score cannot win: it is searched cheaply
+BOUND_MARGIN = 0.02
+#: IVF lists (among the class's own) such a class is searched in
+CHEAP_NPROBE = 8
+#: a class's IVF search returns this many times its k anchors, which exact cosines then rank
+#: (the index's own, possibly quantized, distances only choose what is looked at)
+OVERFETCH = 3
+#: a class that may win is searched in this many times the index's tuned nprobe lists
+PRECISE_NPROBE_FACTOR = 2
 
 
 def class_members(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
@@ -107,6 +129,10 @@ class Shortlist:
         self.sizes = np.array([len(m) for m in self.members], dtype=np.int64)
         self._lists: np.ndarray | None = None  # (C, nlist) which IVF lists hold each class
         self._selectors: dict[int, object] = {}
+        #: query-class pairs searched precisely / cheaply by the last ``candidates`` call
+        self.searched = {"precise": 0, "cheap": 0}
+        #: ``(B, C)`` the big classes of the last call that could not win (searched cheaply)
+        self.pruned = np.zeros((0, num_classes), dtype=bool)
 
     def _class_lists(self) -> np.ndarray:
         if self._lists is None:
@@ -118,54 +144,110 @@ class Shortlist:
             self._lists = mask
         return self._lists
 
-    def _search_class(self, c: int, q: np.ndarray, coarse: tuple | None) -> np.ndarray:
-        """Rows ``(b, kc)`` of class ``c``'s nearest anchors for queries ``q (b, D)``."""
+    def _exact_class(self, c: int, q: np.ndarray) -> np.ndarray:
+        """Rows ``(b, kc)`` of class ``c``'s exact nearest anchors (one matrix product)."""
         rows_c = self.members[c]
         kc = min(self.k, len(rows_c))
-        if coarse is None or len(rows_c) <= EXACT_CLASS_UP_TO:
-            sims = q @ np.asarray(self.embeddings[rows_c], dtype=np.float32).T  # (b, n_c)
-            if kc == len(rows_c):
-                return np.broadcast_to(rows_c, (len(q), kc))
-            return rows_c[np.argpartition(-sims, kc - 1, axis=1)[:, :kc]]
+        if kc == len(rows_c):
+            return np.broadcast_to(rows_c, (len(q), kc))
+        sims = q @ np.asarray(self.embeddings[rows_c], dtype=np.float32).T  # (b, n_c)
+        return rows_c[np.argpartition(-sims, kc - 1, axis=1)[:, :kc]]
+
+    def _ivf_class(self, c: int, coarse: tuple, nprobe: np.ndarray) -> np.ndarray:
+        """Rows ``(b, kc)`` (-1 = not found) of class ``c``'s nearest anchors through the IVF:
+        query i visits the ``nprobe[i]`` lists nearest it among those holding the class."""
         xq, dis, lists = coarse
+        kc = min(self.k * OVERFETCH, len(self.members[c]))
         allowed = self._class_lists()[c][lists]  # (b, nlist), lists nearest first
-        p = min(self.index.nprobe, int(allowed.sum(1).max()))
+        p = min(int(nprobe.max()), int(allowed.sum(1).max()))
         order = np.argsort(~allowed, axis=1, kind="stable")[:, :p]
-        pick = np.take_along_axis(lists, order, 1)
-        pick = np.where(np.take_along_axis(allowed, order, 1), pick, -1)
+        ok = np.take_along_axis(allowed, order, 1) & (np.arange(p) < nprobe[:, None])
+        pick = np.where(ok, np.take_along_axis(lists, order, 1), -1)
         if c not in self._selectors:
-            self._selectors[c] = FaissIndex.selector(self.ids[rows_c])
+            self._selectors[c] = FaissIndex.selector(self.ids[self.members[c]])
         _, ids = self.index.search_preassigned(
             xq, kc, np.take_along_axis(dis, order, 1), pick, self._selectors[c]
         )
         rows = np.searchsorted(self.ids, ids.clip(0))
         return np.where(ids >= 0, rows, -1)
 
+    def _search_class(self, c: int, q: np.ndarray, coarse: tuple | None, nprobe=None):
+        if coarse is None or len(self.members[c]) <= EXACT_CLASS_UP_TO:
+            return self._exact_class(c, q)
+        full = np.full(len(q), self.index.nprobe) if nprobe is None else nprobe
+        return self._ivf_class(c, coarse, full)
+
+    def _coarse(self, queries: np.ndarray, need: np.ndarray) -> tuple | None:
+        use_ivf = self.index is not None and self.index.kind == "ivf"
+        if use_ivf and (need & (self.sizes > EXACT_CLASS_UP_TO)).any():
+            return self.index.coarse(queries)
+        return None
+
+    def _add(self, extra: np.ndarray, c: int, qs: np.ndarray, q, coarse, nprobe=None) -> None:
+        sub = None if coarse is None else tuple(a[qs] for a in coarse)
+        found = self._search_class(c, q[qs], sub, None if nprobe is None else nprobe[qs])
+        width = extra.shape[1] // self.num_classes
+        extra[qs[:, None], c * width + np.arange(found.shape[1])] = found
+
     def candidates(self, queries: np.ndarray, top_rows: np.ndarray) -> np.ndarray:
         """Candidate rows ``(B, K)`` (-1 = padding) for ``queries (B, D)`` float32, given the
         index's top-M rows ``top_rows (B, M)``."""
         b, k = len(queries), self.k
+        self.searched = {"precise": 0, "cheap": 0}
+        self.pruned = np.zeros((b, self.num_classes), dtype=bool)
         if k <= 0 or self.num_classes == 0:
             return unique_rows(top_rows)
-        if self.balanced:  # every class searched on its own: its nearest, not the top-M's
-            need = np.broadcast_to(self.sizes > 0, (b, self.num_classes))
-        else:
+        extra = np.full((b, self.num_classes * k * OVERFETCH), -1, np.int64)
+        if not self.balanced:  # only the classes with too few anchors in the top-M
             counts = per_class_counts(top_rows, self.labels, self.num_classes)
             need = counts < np.minimum(k, self.sizes)
-        big = self.sizes > EXACT_CLASS_UP_TO
+            coarse = self._coarse(queries, need)
+            for c in np.flatnonzero(need.any(0)):
+                self._add(extra, int(c), np.flatnonzero(need[:, c]), queries, coarse)
+            return unique_rows(np.concatenate([top_rows, extra], axis=1))
+        return self._balanced(queries, unique_rows(top_rows), extra)
+
+    def _balanced(self, q: np.ndarray, top: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        """Module docstring: exact for small classes, the top-M for big classes complete there,
+        the IVF (precisely where the bound lets the class win, else cheaply) for the rest."""
+        b, k, n_cls = len(q), self.k, self.num_classes
         use_ivf = self.index is not None and self.index.kind == "ivf"
-        coarse = None
-        if use_ivf and (need & big).any():
-            xq, dis, lists = self.index.coarse(queries)
-            coarse = (xq, dis, lists)
-        extra = np.full((b, self.num_classes * k), -1, np.int64)
-        for c in np.flatnonzero(need.any(0)):
-            qs = np.flatnonzero(need[:, c])
-            sub = None if coarse is None else tuple(a[qs] for a in coarse)
-            found = self._search_class(int(c), queries[qs], sub)
-            extra[qs[:, None], c * k + np.arange(found.shape[1])] = found
-        rows = unique_rows(np.concatenate([top_rows, extra], axis=1))
-        if not self.balanced:
+        big = (self.sizes > EXACT_CLASS_UP_TO) & use_ivf
+        kc = np.minimum(k, self.sizes)
+        everyone = np.arange(b)
+        for c in np.flatnonzero(~big & (self.sizes > 0)):
+            self._add(extra, int(c), everyone, q, None)
+        rows = unique_rows(np.concatenate([top, extra], axis=1))
+        rows, cos = keep_per_class(rows, cosines(q, self.embeddings, rows), self.labels, k)
+        if not big.any():
             return rows
-        rows, _ = keep_per_class(rows, cosines(queries, self.embeddings, rows), self.labels, k)
+        lab = np.where(rows >= 0, self.labels[rows.clip(0)], 0)
+        flat = (everyone[:, None] * n_cls + lab).ravel()
+        valid = (rows >= 0).ravel()
+        found = np.bincount(flat, valid, b * n_cls).reshape(b, n_cls)
+        total = np.bincount(flat, np.where(rows >= 0, cos, 0).ravel(), b * n_cls)
+        total = total.reshape(b, n_cls)
+        complete = found >= kc
+        score = np.where(complete & (kc > 0), total / kc.clip(1), -np.inf)
+        best = score.max(1)  # the best class whose k nearest are all known
+        top_cos = cosines(q, self.embeddings, top)
+        s_m = np.where(top >= 0, top_cos, np.inf).min(1)
+        s_m = np.where(np.isfinite(s_m), s_m, 1.0)  # no top-M: anything may be nearer
+        bound = (total + (kc - found) * s_m[:, None]) / kc.clip(1)
+        # the classes that may win: a complete one may still miss anchors the index missed
+        contender = big & (np.where(complete, score, bound) >= best[:, None] - BOUND_MARGIN)
+        cheap = big & ~complete & ~contender
+        todo = contender | cheap
+        self.searched = {"precise": int(contender.sum()), "cheap": int(cheap.sum())}
+        self.pruned = cheap
+        if not todo.any():
+            return rows
+        coarse = self.index.coarse(q)
+        more = np.full((b, n_cls * k * OVERFETCH), -1, np.int64)
+        wide = self.index.nprobe * PRECISE_NPROBE_FACTOR
+        for c in np.flatnonzero(todo.any(0)):
+            nprobe = np.where(contender[:, c], wide, CHEAP_NPROBE)
+            self._add(more, int(c), np.flatnonzero(todo[:, c]), q, coarse, nprobe)
+        rows = unique_rows(np.concatenate([rows, more], axis=1))
+        rows, _ = keep_per_class(rows, cosines(q, self.embeddings, rows), self.labels, k)
         return rows
