@@ -141,6 +141,16 @@ def test_best_class_missing_from_the_top_m_gets_its_exact_nearest(monkeypatch) -
     assert sl.searched["precise"] >= len(q) and not sl.pruned[np.arange(len(q)), exact].any()
 
 
+def test_selectors_admit_exactly_their_ids() -> None:
+    small, huge = np.array([3, 17, 100, 5]), np.array([10**12, 4])
+    assert type(FaissIndex.selector(small)).__name__ == "IDSelectorBitmap"
+    assert type(FaissIndex.selector(huge)).__name__ == "IDSelectorBatch"
+    for ids in (small, huge):
+        sel = FaissIndex.selector(ids)
+        probe = np.concatenate([np.arange(120), [10**12, 10**12 + 1]])
+        assert {int(i) for i in probe if sel.is_member(int(i))} == {int(i) for i in ids}
+
+
 def test_class_members_and_mean_is_size_blind() -> None:
     """Adding far-away anchors to a class leaves its balanced shortlist (and so its mean
     aggregate) unchanged."""

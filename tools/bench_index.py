@@ -17,7 +17,9 @@ Anchors get labels drawn with the class proportions of the Matek data (``--imbal
 class-balanced shortlist (:class:`siamese_marrow.index.shortlist.Shortlist`), and the top class of
 a model-free consensus (each class scored by the mean cosine of its ``--per-class-k`` nearest
 anchors) is compared with the same consensus over all anchors by exact search
-(``top_class_agreement``). ``auto`` is the index ``bank.index=auto`` chooses for ``--budget``,
+(``top_class_agreement``); ``shortlist_ms`` is the top-M search plus the shortlist, and
+``shortlist_searched`` how many (query, big class) pairs it searched precisely and cheaply.
+``auto`` is the index ``bank.index=auto`` chooses for ``--budget``,
 tuned to ``--target-recall`` as a bank does; ``rss_mib`` is the resident memory the index (and,
 for auto, the float16 embeddings a bank stores) added to the process.
 
@@ -190,6 +192,7 @@ def measure(
         _, top_ids = index.search(q, args.top_m)
         rows = sl.candidates(q, np.where(top_ids >= 0, top_ids, -1))
         row["shortlist_ms"] = round((time.perf_counter() - t) * 1000, 2)
+        row["shortlist_searched"] = dict(sl.searched)  # big-class query pairs, by precision
         top = consensus_top(q, x, ctx["labels"], rows, ctx["classes"], args.per_class_k)
         row["top_class_agreement"] = round(float((top == ctx["exact_top"]).mean()), 4)
     return row, ids
@@ -311,7 +314,7 @@ def print_table(dim: int, n: int, rows: list[dict[str, Any]], k: int) -> None:
     print(f"\n# n={n:,} dim={dim}")
     head = (
         f"{'method':<28}{'build s':>9}{'train s':>9}{'MiB':>9}{'batch ms':>10}"
-        f"{'ms/q':>8}{'1-q ms':>9}{f'recall@{k}':>11}{'agree':>8}{'RSS MiB':>9}"
+        f"{'ms/q':>8}{'1-q ms':>9}{f'recall@{k}':>11}{'agree':>8}{'RSS MiB':>9}{'short ms':>10}"
     )
     print(head)
     print("-" * len(head))
@@ -321,6 +324,7 @@ def print_table(dim: int, n: int, rows: list[dict[str, Any]], k: int) -> None:
             f"{r['bytes'] / 2**20:>9.1f}{r['batch_ms']:>10.1f}{r['batch_ms_per_query']:>8.3f}"
             f"{r['single_ms']:>9.3f}{r['recall_at_k']:>11.4f}"
             f"{r.get('top_class_agreement', float('nan')):>8.4f}{r.get('rss_mib', 0):>9.0f}"
+            f"{r.get('shortlist_ms', float('nan')):>10.0f}"
         )
 
 

@@ -283,8 +283,17 @@ class FaissIndex:
 
     @staticmethod
     def selector(ids: np.ndarray) -> object:
-        """A FAISS id selector for ``ids`` (keep a reference while it is used)."""
-        return faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+        """A FAISS id selector for ``ids`` (keep a reference while it is used): a bitmap over
+        the id range (one bit test per scanned vector) when that is no bigger than 1 MiB or
+        twice the ids themselves, else a hashed set."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) and ids.min() >= 0 and ids.max() // 8 < max(2**20, 16 * len(ids)):
+            bits = np.zeros(int(ids.max()) // 8 + 1, np.uint8)
+            np.bitwise_or.at(bits, ids // 8, (1 << (ids % 8)).astype(np.uint8))
+            sel = faiss.IDSelectorBitmap(bits)
+            sel.bitmap_ref = bits  # the selector reads the array: keep it alive
+            return sel
+        return faiss.IDSelectorBatch(ids)
 
     def search_preassigned(
         self, xq: np.ndarray, k: int, dis: np.ndarray, lists: np.ndarray, sel: object

@@ -34,13 +34,14 @@ from .faiss_index import FaissIndex
 EXACT_CLASS_UP_TO = 20_000
 #: a big class whose consensus bound (module docstring) is this far below the best complete
 #: class's score cannot win: it is searched cheaply
-BOUND_MARGIN = 0.02
+BOUND_MARGIN = 0.01
 #: IVF lists (among the class's own) such a class is searched in
 CHEAP_NPROBE = 8
 #: a class's IVF search returns this many times its k anchors, which exact cosines then rank
 #: (the index's own, possibly quantized, distances only choose what is looked at)
 OVERFETCH = 3
-#: a class that may win is searched in this many times the index's tuned nprobe lists
+#: a class that may win is searched in this many times the index's tuned nprobe lists (at 10^6
+#: anchors, the nprobe tuned to recall@10 0.95 gave 97% consensus agreement, twice it 100%)
 PRECISE_NPROBE_FACTOR = 2
 
 
@@ -244,7 +245,7 @@ class Shortlist:
             return rows
         coarse = self.index.coarse(q)
         more = np.full((b, n_cls * k * OVERFETCH), -1, np.int64)
-        wide = self.index.nprobe * PRECISE_NPROBE_FACTOR
+        wide = int(self.index.nprobe * PRECISE_NPROBE_FACTOR)
         for c in np.flatnonzero(todo.any(0)):
             nprobe = np.where(contender[:, c], wide, CHEAP_NPROBE)
             self._add(more, int(c), np.flatnonzero(todo[:, c]), q, coarse, nprobe)
