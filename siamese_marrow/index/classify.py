@@ -5,9 +5,10 @@ For each query embedding (DESIGN.md, "Anchor bank"):
 1. the FAISS index gives the ``top_m`` nearest anchors;
 2. every class of the bank with fewer than ``min(per_class_k, class size)`` anchors among them
    adds its own ``per_class_k`` nearest anchors (:mod:`.shortlist`: exact for small classes,
-   through the IVF lists that hold the class for large ones); with ``bank.shortlist=balanced``
-   (the default) each class then keeps exactly its ``min(per_class_k, size)`` nearest, so mean
-   and top-k aggregation do not depend on class size;
+   through the IVF lists that hold the class for large ones, precisely only where a bound on its
+   consensus score lets it win); with ``bank.shortlist=balanced`` (the default) each class then
+   keeps exactly its ``min(per_class_k, size)`` nearest, so mean and top-k aggregation do not
+   depend on class size;
 3. the pair heads score the query against all its candidates in ONE batched call
    (queries x candidates, padding labelled -1 so the consensus ignores it);
 4. ``model.consensus`` aggregates per class into g, which therefore covers every class;
