@@ -91,6 +91,20 @@ def test_methods_worked_out_by_hand() -> None:
     assert preds["siamese"].tolist() == [1]
 
 
+def test_logistic_is_logistic_regression_on_the_episode_support() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    emb = torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True))
+    ep = EpisodeSampler(LABELS[:30] % 3, 3, 3, 4, 1, seed=2).episode(0)
+    preds = episode_predictions(None, emb, ep, 3)
+    s = emb.numpy()[ep.support]
+    oracle = LogisticRegression(C=10.0, max_iter=1000).fit(s, ep.support_labels)
+    assert preds["logistic"].tolist() == oracle.predict(emb.numpy()[ep.query]).tolist()
+    assert "siamese" not in preds
+
+
 def test_evaluate_shape_ci_and_determinism() -> None:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((6, 8)) * 4
@@ -99,7 +113,10 @@ def test_evaluate_shape_ci_and_determinism() -> None:
     model = tiny_model(8)
     out = fewshot_evaluate(model, x, LABELS, n_way=3, k_shots=[1, 5], n_query=2, episodes=6)
     assert out["n_way"] == 3 and out["episodes"] == 6
-    assert set(out["results"]) == {"siamese", "prototype", "nn1"}
+    assert set(out["results"]) == {"siamese", "prototype", "nn1", "logistic"}
+    baselines = fewshot_evaluate(None, x, LABELS, n_way=3, k_shots=[1, 5], n_query=2, episodes=6)
+    assert set(baselines["results"]) == {"prototype", "nn1", "logistic"}
+    assert baselines["results"]["prototype"] == out["results"]["prototype"]  # same episodes
     for per_k in out["results"].values():
         assert set(per_k) == {"1", "5"}
         for v in per_k.values():

@@ -6,7 +6,9 @@ from those embeddings, so the three methods are compared on exactly the same vec
 - ``siamese``: the support images are the anchors; the pair heads score every query against
   every support image and ``model.consensus`` turns the scores into class probabilities g;
 - ``prototype``: cosine similarity to the class mean of the support embeddings (ProtoNet);
-- ``nn1``: the class of the most cosine-similar support image.
+- ``nn1``: the class of the most cosine-similar support image;
+- ``logistic``: logistic regression fitted on the support embeddings (a strong few-shot
+  baseline: Tian et al. 2020).
 
 Accuracy is averaged over episodes; ``ci95 = 1.96 * std / sqrt(E)`` (population std over the E
 episode accuracies, as is usual in the few-shot literature).
@@ -30,7 +32,7 @@ from ..models.adapt import adapt_prototypes
 from ..models.checkpoint import load_run
 from ..models.embed import embed_paths
 
-METHODS = ("siamese", "prototype", "nn1")
+METHODS = ("siamese", "prototype", "nn1", "logistic")
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,11 @@ def episode_predictions(
     onehot = F.one_hot(s_lab, n_way).to(s.dtype)  # (S, N)
     protos = F.normalize(onehot.T @ s / onehot.sum(0)[:, None], dim=-1)  # (N, D)
     cos = q @ s.T  # (Q, S)
-    out = {"prototype": (q @ protos.T).argmax(1), "nn1": s_lab[cos.argmax(1)]}
+    out = {
+        "prototype": (q @ protos.T).argmax(1),
+        "nn1": s_lab[cos.argmax(1)],
+        "logistic": _support_logistic(s, s_lab, q),
+    }
     if model is not None:
         adapted = None
         if model.uses_prototypes and adapt_steps > 0:
@@ -153,6 +159,15 @@ def episode_predictions(
         g, _, _ = model.anchor_consensus(s, s_lab, q, n_way, prototypes=adapted)  # (Q, N)
         out["siamese"] = g.argmax(1)
     return out
+
+
+def _support_logistic(s: torch.Tensor, s_lab: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Labels of ``q`` by multinomial logistic regression on the unit-norm support rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=10.0, max_iter=1000)
+    clf.fit(s.cpu().numpy(), s_lab.cpu().numpy())
+    return torch.from_numpy(clf.predict(q.cpu().numpy())).to(q.device)
 
 
 def mean_ci(accuracies: Sequence[float]) -> dict[str, float]:
