@@ -164,8 +164,13 @@ def siamese_section(
     )
     samples, y_fs, names = fs
     x_fs, _ = embed_paths(model, paths(samples), bs, tta=tta)
-    few = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names)
-    return rows, few["results"]
+    steps = cfg.bank.adapt_steps if model.uses_prototypes else 0
+    few = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names, adapt_steps=steps)
+    results = few["results"]
+    if steps > 0:  # the same consensus without adapting the prototypes to the support
+        plain = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names)
+        results["siamese (no adaptation)"] = plain["results"]["siamese"]
+    return rows, results
 
 
 def softmax_section(
