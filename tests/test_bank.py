@@ -3,6 +3,7 @@ and few-shot addition of a new class on real images."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -290,7 +291,7 @@ def link_folder(dst: Path, picks: dict[str, list[Path]]) -> Path:
 
 
 @pytest.mark.skipif(not (DATA / "pbc8").is_dir(), reason=f"real images not found at {DATA}/pbc8")
-def test_new_class_is_classified_right_after_add(tmp_path) -> None:
+def test_new_class_is_classified_right_after_add(tmp_path, monkeypatch) -> None:
     """Real pbc8 images: a bank of three blood-cell classes, then platelets added from six
     examples; unseen platelets must come out as platelets without any training."""
     run = make_run(
@@ -320,6 +321,20 @@ def test_new_class_is_classified_right_after_add(tmp_path) -> None:
         for r in records
     )
     assert 0 < timing["outside_backbone_share"] < 1 and timing["backbone_s"] > 0
+    # streamed in chunks of 3 images: the same records, the bank's prototypes derived once
+    classify_module = importlib.import_module("siamese_marrow.index.classify")  # not the function
+
+    calls = []
+    real = classify_module.bank_prototypes
+    monkeypatch.setattr(
+        classify_module, "bank_prototypes", lambda bank: calls.append(1) or real(bank)
+    )
+    streamed, _ = predict.classify_paths_timed(bank_dir, platelets[6:16], stream_batch=3)
+    assert len(calls) == 1 and [r["path"] for r in streamed] == [r["path"] for r in records]
+    for one, other in zip(streamed, records, strict=True):  # batches of 3 vs 10: float noise
+        assert one["prediction"] == other["prediction"]
+        assert one["probabilities"] == pytest.approx(other["probabilities"], abs=1e-4)
+        assert [a["path"] for a in one["anchors"]] == [a["path"] for a in other["anchors"]]
     lines = predict.format_records(records, "jsonl").splitlines()
     assert json.loads(lines[0])["path"] == str(platelets[6])
     assert (

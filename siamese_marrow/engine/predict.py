@@ -15,7 +15,7 @@ import torch
 from ..data.datasets import expand_images
 from ..errors import DataError
 from ..index.calibration import bank_temperature
-from ..index.classify import Classification, classify, search
+from ..index.classify import Classification, bank_scoring, classify, search
 from ..models.embed import ImageLike, embed_images, embed_paths
 from ..report import write_review
 from .banks import BankLike, open_bank
@@ -61,6 +61,7 @@ def classify_paths_timed(
     t0 = time.perf_counter()
     files = expand_images(paths)
     step = stream_batch or bank.bank_config.stream_batch
+    scoring = bank_scoring(bank, per_class_k)  # prototypes and shortlist: once, not per chunk
     records: list[dict[str, Any]] = []
     spent = dict.fromkeys(("load_s", "backbone_s", "search_s", "heads_s"), 0.0)
     for start in range(0, max(len(files), 1), step):  # streamed: one chunk of images at a time
@@ -75,6 +76,7 @@ def classify_paths_timed(
             per_class_k=per_class_k,
             abstain_below=abstain_below,
             n_support=n_support,
+            scoring=scoring,
         )
         records.extend(result.records(chunk))
         for key in ("load_s", "backbone_s"):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..errors import BankError, DataError
 from ..models import SiameseNet
 from ..models.checkpoint import LoadedRun
 from ..models.embed import embed_paths
-from ..utils import naming, sha256_file
+from ..utils import sha256_file
 from .auto import (
     IndexChoice,
     build_index,
@@ -57,6 +56,7 @@ from .bankfiles import (
     check_manifest,
     check_model,
     check_target,
+    durable_file,
     load_model_of,
     npy_from_bytes,
     write_file,
@@ -313,10 +313,8 @@ class AnchorBank:
 
     def _write_files(self, d: Path) -> None:
         self.index.save(d / "index.faiss")
-        with naming(d / "embeddings.npy"), open(d / "embeddings.npy", "wb") as f:
+        with durable_file(d / "embeddings.npy") as f:  # written straight from the array
             np.save(f, np.ascontiguousarray(self.embeddings), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
         write_file(d / "anchors.json", (json.dumps(self.anchors, indent=1) + "\n").encode())
         save_config(self.config, d / "config.yaml")
         files = {name: sha256_file(d / name) for name in BANK_FILES}

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -130,8 +132,15 @@ def check_model(manifest: dict[str, Any], loaded_run: LoadedRun, where: Path) ->
         )
 
 
-def write_file(path: Path, data: bytes) -> None:
+@contextmanager
+def durable_file(path: Path) -> Iterator[BinaryIO]:
+    """``path`` open for writing, flushed and fsynced when the block ends (errors name it)."""
     with naming(path), open(path, "wb") as f:
-        f.write(data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_file(path: Path, data: bytes) -> None:
+    with durable_file(path) as f:
+        f.write(data)

@@ -137,7 +137,8 @@ def bank_shortlist(bank: AnchorBank, per_class_k: int) -> Shortlist:
 def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The class prototypes over all of the bank's anchors, when the model aggregates by
     prototype (``model.aggregate=proto``), adapted to the bank when ``bank.adapt_steps`` > 0
-    (:func:`~siamese_marrow.models.adapt.adapt_prototypes`); else None. Once per classify call."""
+    (:func:`~siamese_marrow.models.adapt.adapt_prototypes`); else None. Once per set of queries
+    (:func:`bank_scoring`)."""
     model = bank.model
     if not model.uses_prototypes:
         return None
@@ -193,6 +194,69 @@ def _anchor(bank: AnchorBank, row: int, sim: float, pair: float) -> dict[str, An
     }
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What :func:`classify` derives from the bank whatever the queries: the (adapted) class
+    prototypes (:func:`bank_prototypes`) and the shortlist. Made once for all the query chunks
+    of one set (:func:`bank_scoring`); only valid while the bank is unchanged."""
+
+    prototypes: tuple[torch.Tensor, torch.Tensor] | None
+    shortlist: Shortlist
+
+
+def _require_anchors(bank: AnchorBank) -> None:
+    if len(bank) == 0:
+        raise BankError("the bank holds no anchors; add some with bank add")
+
+
+def _shortlist_k(bank: AnchorBank, per_class_k: int | None) -> int:
+    cfg = bank.bank_config
+    if cfg.score_all_anchors:
+        return 0  # every anchor is already a candidate
+    return cfg.per_class_k if per_class_k is None else per_class_k
+
+
+def bank_scoring(bank: AnchorBank, per_class_k: int | None = None) -> Scoring:
+    """The :class:`Scoring` of ``bank`` for ``per_class_k`` (default ``bank.per_class_k``)."""
+    _require_anchors(bank)
+    shortlist = bank_shortlist(bank, _shortlist_k(bank, per_class_k))
+    return Scoring(bank_prototypes(bank), shortlist)
+
+
+def _top_rows(bank: AnchorBank, q: np.ndarray, top_m: int) -> np.ndarray:
+    """Bank rows of the ``top_m`` nearest anchors of each query (every row when the bank scores
+    all anchors; none when ``top_m`` is 0)."""
+    m = min(max(top_m, 0), len(bank))
+    if bank.bank_config.score_all_anchors:
+        return np.broadcast_to(np.arange(len(bank)), (len(q), len(bank)))
+    if m == 0:
+        return np.zeros((len(q), 0), np.int64)
+    _, ids = bank.index.search(q, m)
+    return bank.rows_of_ids(ids)
+
+
+def _support(
+    bank: AnchorBank,
+    rows: np.ndarray,
+    top: np.ndarray,
+    pair: np.ndarray,
+    cos: np.ndarray,
+    n_support: int,
+) -> list[list[dict[str, Any]]]:
+    """The ``n_support`` candidates of each query's top class with the highest pair score."""
+    cand_labels = np.where(rows >= 0, bank.labels[rows.clip(0)], -1)
+    rank = np.where(cand_labels == top[:, None], pair, -np.inf)
+    order = np.argsort(-rank, axis=1, kind="stable")[:, :n_support]
+    return [
+        [
+            _anchor(bank, int(rows[i, j]), cos[i, j], pair[i, j])
+            for j in order[i]
+            if np.isfinite(rank[i, j])
+        ]
+        for i in range(len(rows))
+    ]
+
+
 def classify(
     bank: AnchorBank,
     queries: np.ndarray,
@@ -202,6 +266,7 @@ def classify(
     n_support: int = 5,
     chunk: int = 64,
     temperature: float | None = None,
+    scoring: Scoring | None = None,
 ) -> Classification:
     """Consensus class probabilities of query embeddings ``(B, D)`` over every bank class.
 
@@ -210,14 +275,15 @@ def classify(
     ``per_class_k >= 1`` guarantees that every class gets a probability; 0 scores only the top-M.
     Queries are processed ``chunk`` at a time (memory ~ chunk x candidates x D floats). The
     supporting anchors are given for the top class even when the prediction is "uncertain".
+    ``scoring``: the bank's :func:`bank_scoring` for this ``per_class_k``, when one set of
+    queries is classified in several calls (made here when not given).
     """
     cfg = bank.bank_config
     top_m = cfg.top_m if top_m is None else top_m
     per_class_k = cfg.per_class_k if per_class_k is None else per_class_k
     abstain_below = cfg.abstain_below if abstain_below is None else abstain_below
     temperature = bank_temperature(bank) if temperature is None else float(temperature)
-    if len(bank) == 0:
-        raise BankError("the bank holds no anchors; add some with bank add")
+    _require_anchors(bank)
     if top_m <= 0 and per_class_k <= 0:
         raise ValueError(f"top_m={top_m} and per_class_k={per_class_k}: at least one must be >= 1")
     q_all = as_matrix(queries, bank.dim, "queries")
@@ -225,36 +291,21 @@ def classify(
     t_total = time.perf_counter()
     t_search = t_heads = 0.0
     probs, counts, support = [], [], []
-    protos = bank_prototypes(bank)
-    shortlist = bank_shortlist(bank, 0 if cfg.score_all_anchors else per_class_k)
+    scoring = scoring or bank_scoring(bank, per_class_k)
+    if scoring.shortlist.k != _shortlist_k(bank, per_class_k):
+        raise ValueError(
+            f"scoring was made for per_class_k={scoring.shortlist.k}, not {per_class_k}"
+        )
+    protos, shortlist = scoring.prototypes, scoring.shortlist
     for start in range(0, len(q_all), chunk):
         q = q_all[start : start + chunk]
         t0 = time.perf_counter()
-        m = min(max(top_m, 0), len(bank))
-        if cfg.score_all_anchors:
-            top_rows = np.broadcast_to(np.arange(len(bank)), (len(q), len(bank)))
-        elif m > 0:
-            _, ids = bank.index.search(q, m)
-            top_rows = bank.rows_of_ids(ids)
-        else:
-            top_rows = np.zeros((len(q), 0), np.int64)
-        rows = shortlist.candidates(q, top_rows)
+        rows = shortlist.candidates(q, _top_rows(bank, q, top_m))
         t1 = time.perf_counter()
         g, pair, cos = score_candidates(bank, q, rows, protos)
         t_search += t1 - t0
         t_heads += time.perf_counter() - t1
-        top = g.argmax(1)
-        cand_labels = np.where(rows >= 0, bank.labels[rows.clip(0)], -1)
-        rank = np.where(cand_labels == top[:, None], pair, -np.inf)
-        order = np.argsort(-rank, axis=1, kind="stable")[:, :n_support]
-        for i in range(len(q)):
-            support.append(
-                [
-                    _anchor(bank, int(rows[i, j]), cos[i, j], pair[i, j])
-                    for j in order[i]
-                    if np.isfinite(rank[i, j])
-                ]
-            )
+        support.extend(_support(bank, rows, g.argmax(1), pair, cos, n_support))
         probs.append(g)
         counts.append((rows >= 0).sum(1))
     p = np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32)
@@ -285,19 +336,7 @@ def search(bank: AnchorBank, queries: np.ndarray, k: int = 10) -> list[list[dict
         return [[] for _ in range(len(q))]
     _, ids = bank.index.search(q, min(k, len(bank)))
     rows = bank.rows_of_ids(ids)
-    model = bank.model
-    device = next(model.parameters()).device
-    cos = cosines(q, bank.embeddings, rows)
-    uniq, inverse = np.unique(rows.clip(0), return_inverse=True)  # the found anchors only
-    local = np.where(rows >= 0, inverse.reshape(rows.shape), -1)
-    _, h1, h2 = model.anchor_consensus(
-        torch.from_numpy(np.asarray(bank.embeddings[uniq], dtype=np.float32)).to(device),
-        torch.from_numpy(bank.labels[uniq]).to(device),
-        torch.from_numpy(q).to(device),
-        len(bank.classes),
-        rows=torch.from_numpy(local).to(device),
-    )
-    pair = ((h1 + h2) / 2).float().cpu().numpy()
+    _, pair, cos = score_candidates(bank, q, rows)  # the found anchors only
     return [
         [_anchor(bank, int(r), cos[i, j], pair[i, j]) for j, r in enumerate(rows[i]) if r >= 0]
         for i in range(len(q))
