@@ -148,6 +148,9 @@ def siamese_section(
     cfg: Config, run: Path, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     loaded = load_run(run)
+    # the bank settings benchmarked are this config's: a run kept by --reuse may have been
+    # trained under other ones (they do not change training)
+    loaded.cfg.bank = copy.deepcopy(cfg.bank)
     model = loaded.model.eval()
     tta = cfg.bank.tta
     bs = cfg.train.eval_batch_size
