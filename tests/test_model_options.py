@@ -59,6 +59,24 @@ def test_symmetric_head_scores_both_orders_alike_and_is_their_mean() -> None:
     assert not torch.allclose(plain(a, a.flip(0)), plain(a.flip(0), a), atol=1e-3)
 
 
+def test_symmetric_head_starts_as_a_comparator_of_the_halves() -> None:
+    """At initialisation mlp_sym's h1 depends on f(a) - f(t) only, and a pair of equal
+    embeddings scores highest: ReLU(W d + b) + ReLU(-W d + b) >= 2 ReLU(b) for every d, and the
+    output weights are negative."""
+    torch.manual_seed(3)
+    head = ConcatHead(6, "mlp_sym", hidden=16)
+    w = head.first.weight
+    assert torch.equal(w[:, 6:], -w[:, :6])
+    assert bool((head.out.weight <= 0).all())
+    a, t, shift = torch.randn(5, 6), torch.randn(5, 6), torch.randn(1, 6)
+    assert torch.allclose(head(a, t), head(a + shift, t + shift), atol=1e-5)
+    scores = head(a.unsqueeze(0), torch.cat([a, t]).unsqueeze(1))  # (10 tests, 5 anchors)
+    for i in range(5):  # anchor i against itself beats it against any other test
+        assert scores[i, i] >= scores[:, i].max() - 1e-6
+    plain = ConcatHead(6, "mlp", hidden=16)
+    assert not torch.allclose(plain(a, t), plain(a + shift, t + shift), atol=1e-3)
+
+
 def test_symmetric_head_in_the_model_gathered_equals_full_matrix() -> None:
     model = tiny(concat_head="mlp_sym")
     anchors, q = unit(10, 8, 0), unit(3, 8, 1)

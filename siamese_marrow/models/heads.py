@@ -23,9 +23,13 @@ class ConcatHead(nn.Module):
     ``kind="linear"``: W1 is one linear map ``R^{2D} -> R``. ``kind="mlp"``: one hidden ReLU layer,
     which can compare the two halves (a linear map of a concatenation cannot). ``kind="mlp_sym"``:
     the same MLP, averaged over both orders ``[f(a); f(t)]`` and ``[f(t); f(a)]``, so
-    ``h1(a, t) = h1(t, a)`` as "same cell type" is. The first layer is applied to each half
-    separately and the results broadcast-added, so B tests x M anchors cost
-    ``O((B + M) D H + B M H)``, not ``O(B M D H)``.
+    ``h1(a, t) = h1(t, a)`` as "same cell type" is. ``mlp_sym`` starts as a comparator of the
+    halves: the right half's first-layer weights are the negative of the left's and the output
+    weights are negative, so at initialisation h1 is a function of ``f(a) - f(t)`` alone
+    (``|W (a - t)|``-like, largest for ``a = t``), which carries over to classes it never saw;
+    training may move it anywhere. The first layer is applied to each half separately and the
+    results broadcast-added, so B tests x M anchors cost ``O((B + M) D H + B M H)``, not
+    ``O(B M D H)``.
     """
 
     def __init__(
@@ -41,6 +45,10 @@ class ConcatHead(nn.Module):
         self.kind = kind
         self.first = nn.Linear(2 * dim, 1 if kind == "linear" else hidden)
         self.out = nn.Linear(hidden, 1) if kind != "linear" else None
+        if kind == "mlp_sym":
+            with torch.no_grad():
+                self.first.weight[:, dim:] = -self.first.weight[:, :dim]
+                self.out.weight.copy_(-self.out.weight.abs())
 
     def _left(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.first.weight[:, : self.dim].T
