@@ -27,9 +27,8 @@ class ConcatHead(nn.Module):
     halves: the right half's first-layer weights are the negative of the left's and the output
     weights are negative, so at initialisation h1 is a function of ``f(a) - f(t)`` alone
     (``|W (a - t)|``-like, largest for ``a = t``), not a class detector; training may move it
-    anywhere. The first layer is applied to each half separately and the
-    results broadcast-added, so B tests x M anchors cost ``O((B + M) D H + B M H)``, not
-    ``O(B M D H)``.
+    anywhere. The first layer is applied to each half separately and the results broadcast-added,
+    so B tests x M anchors cost ``O((B + M) D H + B M H)``, not ``O(B M D H)``.
     """
 
     def __init__(
