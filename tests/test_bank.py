@@ -370,3 +370,84 @@ def test_score_all_anchors_equals_the_full_consensus(bank) -> None:
         len(bank.classes),
     )
     np.testing.assert_allclose(result.probabilities, g.numpy(), atol=1e-5)
+
+
+def test_views_bank_keeps_each_anchors_views_through_add_remove_save_load(tmp_path) -> None:
+    """bank.adapt_on=views: the bank keeps every anchor's 8 view embeddings (float16) beside
+    its TTA embedding, in step with the anchors, and adapts the prototypes on them."""
+    from PIL import Image
+
+    from siamese_marrow.index.classify import bank_prototypes
+    from siamese_marrow.models import build_model
+    from siamese_marrow.models.adapt import adapt_prototypes
+    from siamese_marrow.models.embed import embed_paths
+
+    cfg = Config()
+    cfg.model = ModelConfig(
+        backbone="test_efficientnet", pretrained="none", embed_dim=D, img_size=32, aggregate="proto"
+    )
+    cfg.bank.tta, cfg.bank.adapt_steps, cfg.bank.adapt_on = True, 15, "views"
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run", "best", build_model(cfg.model), cfg, ["x"])
+    loaded = load_run(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    files = {}
+    for c in "ABC":
+        files[c] = []
+        for i in range(3):
+            p = tmp_path / "img" / f"{c}{i}.png"
+            p.parent.mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
+            files[c].append(p)
+    b = AnchorBank(loaded)
+    for c, paths in files.items():
+        b.add(paths, label=c)
+    all_paths = [p for c in "ABC" for p in files[c]]
+    views, _ = embed_paths(loaded.model, all_paths, views=True)
+    tta, _ = embed_paths(loaded.model, all_paths, tta=True)
+    assert b.views.shape == (9, 8, D) and b.views.dtype == np.float16
+    np.testing.assert_allclose(b.views, views, atol=2e-3)
+    np.testing.assert_allclose(b.embeddings, tta, atol=1e-5)
+    protos, _ = bank_prototypes(b)
+    want, _ = adapt_prototypes(
+        loaded.model,
+        torch.from_numpy(b.embeddings),
+        torch.from_numpy(b.labels),
+        3,
+        steps=15,
+        views=torch.from_numpy(b.views),
+    )
+    assert torch.equal(protos, want)
+    on_mean, _ = adapt_prototypes(
+        loaded.model, torch.from_numpy(b.embeddings), torch.from_numpy(b.labels), 3, steps=15
+    )
+    assert not torch.allclose(protos, on_mean, atol=1e-4)
+
+    b.save(tmp_path / "bank")
+    assert (tmp_path / "bank" / "views.npy").is_file()
+    back = AnchorBank.load(tmp_path / "bank")
+    assert back.bank_config.adapt_on == "views"
+    np.testing.assert_array_equal(back.views, b.views)
+    same_results(b, back, tta[:4])
+    kept = b.views[b.labels != b.classes.index("B")].copy()
+    assert back.remove("B") == 3
+    np.testing.assert_array_equal(back.views, kept)
+    back.save(tmp_path / "bank")
+    np.testing.assert_array_equal(AnchorBank.load(tmp_path / "bank").views, kept)
+
+    with pytest.raises(ValueError, match="adapt_on=views"):
+        back.add_embeddings(tta[3:4], ["/fake/new.png"], ["B"])
+    (tmp_path / "bank" / "views.npy").unlink()
+    with pytest.raises(BankError, match="views.npy is missing"):
+        AnchorBank.load(tmp_path / "bank")
+
+
+def test_mean_bank_has_no_views(bank, tmp_path) -> None:
+    assert bank.views is None
+    bank.save(tmp_path / "bank")
+    assert not (tmp_path / "bank" / "views.npy").exists()
+    assert AnchorBank.load(tmp_path / "bank").views is None
+    with pytest.raises(ValueError, match="adapt_on=mean"):
+        bank.add_embeddings(
+            bank.embeddings[:1], ["/fake/x.png"], ["C0"], views=np.zeros((1, 8, D), np.float32)
+        )

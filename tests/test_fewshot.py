@@ -153,3 +153,53 @@ def test_fewshot_eval_on_real_images(tmp_path) -> None:
     assert set(out["results"]["nn1"]) == {"1", "2"}
     with pytest.raises(DataError, match=r"has 8 image\(s\).*6 \+ 3 = 9"):
         fewshot_eval(tmp_path / "run", data, 3, [1, 6], 3, episodes=4)
+    # a prototype model adapting on the support's views: embedded once, views and TTA mean
+    cfg.model.aggregate = "proto"
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "proto", "best", build_model(cfg.model), cfg, ["x"])
+    kw = dict(episodes=4, seed=0, tta=True, adapt_steps=5)
+    views = fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_on="views", **kw)
+    mean = fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_on="mean", **kw)
+    assert views["adapt_on"] == "views" and mean["adapt_on"] == "mean"
+    for m in ("prototype", "nn1"):  # the same embeddings: the TTA mean of the same views
+        assert views["results"][m] == mean["results"][m]
+    with pytest.raises(ValueError, match="adapt_on='sideways'"):
+        fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_on="sideways", **kw)
+
+
+def test_adapting_on_the_support_views() -> None:
+    """views (N, 8, D): the consensus adapts the prototypes on the support's 8 views each."""
+    from siamese_marrow.models.adapt import adapt_prototypes
+
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(
+            backbone="test_efficientnet",
+            pretrained="none",
+            embed_dim=8,
+            img_size=32,
+            aggregate="proto",
+        )
+    ).eval()
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((6, 8)) * 2
+    views = centres[LABELS][:, None] + rng.standard_normal((len(LABELS), 8, 8))
+    views = (views / np.linalg.norm(views, axis=-1, keepdims=True)).astype(np.float32)
+    mean = views.mean(1)
+    emb = torch.from_numpy(mean / np.linalg.norm(mean, axis=1, keepdims=True))
+    vw = torch.from_numpy(views)
+    ep = EpisodeSampler(LABELS, 3, 2, 3, 1, seed=1).episode(0)
+    got = episode_predictions(model, emb, ep, 3, adapt_steps=30, views=vw)["siamese"]
+    s, q = emb[ep.support], emb[ep.query]
+    lab = torch.from_numpy(ep.support_labels)
+    protos = adapt_prototypes(model, s, lab, 3, steps=30, views=vw[ep.support])
+    g, _, _ = model.anchor_consensus(s, lab, q, 3, prototypes=protos)
+    assert got.tolist() == g.argmax(1).tolist()
+    on_views = fewshot_evaluate(
+        model, emb.numpy(), LABELS, 3, [2], 3, episodes=4, adapt_steps=30, views=views
+    )
+    on_mean = fewshot_evaluate(model, emb.numpy(), LABELS, 3, [2], 3, episodes=4, adapt_steps=30)
+    assert on_views["adapt_on"] == "views" and on_mean["adapt_on"] == "mean"
+    assert on_views["results"]["prototype"] == on_mean["results"]["prototype"]
+    with pytest.raises(ValueError, match="views"):
+        fewshot_evaluate(model, emb.numpy(), LABELS, 3, [2], 3, episodes=4, views=views[:5])

@@ -269,3 +269,78 @@ def test_adapted_prototypes_fit_the_anchors_better_and_zero_steps_are_the_means(
     )
     logits, _ = model.prototype_logits(adapted, plain_labels, anchors)
     assert torch.allclose(g_ad, torch.softmax(logits, -1), atol=1e-6)
+
+
+# --- adapting the prototypes on the anchors' dihedral views (bank.adapt_on=views) -------------
+
+
+def test_view_embeddings_are_each_views_own_and_their_mean_is_the_tta_embedding(
+    tmp_path: Path,
+) -> None:
+    from siamese_marrow.data.transforms import eval_transform
+    from siamese_marrow.models.embed import _ImageDataset, views_to_embeddings
+
+    model = tiny()
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (36, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    views, _ = embed_paths(model, paths, views=True)
+    assert views.shape == (3, 8, model.dim) and views.dtype == np.float32
+    x = torch.stack([_ImageDataset(paths, eval_transform(model.backbone.spec))[i][0] for i in (2,)])
+    with torch.no_grad():
+        want = torch.cat([model.embed(v) for v in dihedral_views(x)]).numpy()  # (8, D)
+    np.testing.assert_allclose(views[2], want, atol=1e-5)
+    tta, _ = embed_paths(model, paths, tta=True)
+    plain, _ = embed_paths(model, paths)
+    np.testing.assert_allclose(views_to_embeddings(views, tta=True), tta, atol=1e-5)
+    np.testing.assert_allclose(views_to_embeddings(views, tta=False), plain, atol=1e-5)
+
+
+def test_adapting_on_views_is_the_loss_over_every_view() -> None:
+    from siamese_marrow.models.adapt import adapt_prototypes
+
+    model = tiny(aggregate="proto")
+    g = torch.Generator().manual_seed(7)
+    labels = torch.arange(3).repeat_interleave(2)
+    views = F.normalize(torch.randn(6, 8, 8, generator=g), dim=-1)  # (N, 8 views, D)
+    anchors = F.normalize(views.mean(1), dim=-1)
+    # 8 identical views: the same mean loss and gradients as the anchors alone
+    copies = anchors.unsqueeze(1).expand(-1, 8, -1)
+    on_mean, _ = adapt_prototypes(model, anchors, labels, 3, steps=40)
+    on_copies, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=copies)
+    assert torch.allclose(on_copies, on_mean, atol=1e-5)
+    # real views: the prototypes move to fit the views, better than adapting on the means does
+    on_views, lab = adapt_prototypes(model, anchors, labels, 3, steps=40, views=views)
+    flat, flat_labels = views.reshape(-1, 8), labels.repeat_interleave(8)
+
+    def ce(protos: torch.Tensor) -> float:
+        logits, _ = model.prototype_logits(protos, lab, flat)
+        return F.cross_entropy(logits, flat_labels).item()
+
+    assert ce(on_views) < ce(on_mean) - 1e-3
+    # start: the same class means; per_class counts anchors, each with all its views
+    plain, _ = adapt_prototypes(model, anchors, labels, 3, steps=0, views=views)
+    assert torch.equal(plain, model.class_prototypes(anchors, labels, 3)[0])
+    # per_class counts rows: 8 rows = all 8 views of the first anchor of each class
+    first, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=views, per_class=8)
+    other = views.clone()
+    other[[1, 3, 5]] = F.normalize(torch.randn(3, 8, 8, generator=g), dim=-1)  # not taking part
+    again, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=other, per_class=8)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, on_views, atol=1e-3)
+    with pytest.raises(ValueError, match="views"):
+        adapt_prototypes(model, anchors, labels, 3, steps=5, views=views[:4])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear", "mlp_sym"])
+def test_prototype_scorer_equals_prototype_logits(kind: str) -> None:
+    model = tiny(aggregate="proto", concat_head=kind)
+    tests, protos = unit(11, 8, 1), unit(4, 8, 2)
+    labels = torch.tensor([0, 1, -1, 3])  # a class without anchors stays -inf
+    want, _ = model.prototype_logits(protos, labels, tests)
+    got = model.prototype_scorer(tests)(protos, labels)
+    assert torch.allclose(got, want, atol=1e-6, equal_nan=False)
+    assert torch.isinf(got[:, 2]).all()

@@ -59,7 +59,7 @@ from siamese_marrow.engine.train import train
 from siamese_marrow.index import AnchorBank, classify
 from siamese_marrow.models import SiameseNet, create_backbone
 from siamese_marrow.models.checkpoint import load_run
-from siamese_marrow.models.embed import embed_paths
+from siamese_marrow.models.embed import embed_paths, views_to_embeddings
 
 AGGREGATES = ("topk", "mean", "max", "proto")
 
@@ -154,11 +154,12 @@ def siamese_section(
     model = loaded.model.eval()
     tta = cfg.bank.tta
     bs = cfg.train.eval_batch_size
-    x_a, _ = embed_paths(model, paths(data.train), bs, tta=tta)
+    on_views = cfg.bank.adapt_on == "views"
+    x_a, v_a = _embed(model, paths(data.train), bs, tta, on_views)
     x_t, _ = embed_paths(model, paths(data.test), bs, tta=tta)
     y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
     bank = AnchorBank(loaded)
-    bank.add_embeddings(x_a, paths(data.train), [s.label for s in data.train])
+    bank.add_embeddings(x_a, paths(data.train), [s.label for s in data.train], views=v_a)
     result = classify(bank, x_t)
     lookup = {c: i for i, c in enumerate(data.classes)}
     pred = np.array([lookup.get(p, -1) for p in result.predictions])
@@ -175,14 +176,32 @@ def siamese_section(
         logistic_probe(x_a, y_a, x_t, y_t, data.classes, cfg.train.seed)
     )
     samples, y_fs, names = fs
-    x_fs, _ = embed_paths(model, paths(samples), bs, tta=tta)
+    x_fs, v_fs = _embed(model, paths(samples), bs, tta, True)
     steps = cfg.bank.adapt_steps if model.uses_prototypes else 0
     few = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names, adapt_steps=steps)
     results = few["results"]
-    if steps > 0:  # the same consensus without adapting the prototypes to the support
+    if steps > 0:  # adapted on the support's views / on its means, and not adapted at all
+        views = fewshot_evaluate(
+            model, x_fs, y_fs, **FEWSHOT, class_names=names, adapt_steps=steps, views=v_fs
+        )["results"]["siamese"]
+        results["siamese (adapted on means)"] = results["siamese"]
+        results["siamese (adapted on views)"] = views
+        if on_views:  # the shipped method's row
+            results["siamese"] = views
         plain = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names)
         results["siamese (no adaptation)"] = plain["results"]["siamese"]
     return rows, results
+
+
+def _embed(
+    model: SiameseNet, files: list[str], bs: int, tta: bool, views: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings ``(N, D)`` and, with ``views``, the view embeddings ``(N, 8, D)`` they are the
+    mean of (one pass)."""
+    if not views:
+        return embed_paths(model, files, bs, tta=tta)[0], None
+    v, _ = embed_paths(model, files, bs, views=True)
+    return views_to_embeddings(v, tta), v
 
 
 def softmax_section(

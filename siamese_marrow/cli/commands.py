@@ -111,6 +111,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 force=args.force,
                 tta=args.tta,
+                adapt_on=args.adapt_on,
             )
         )
     elif args.bank_command == "add":
@@ -219,6 +220,7 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
         tta=args.tta,
         centre=args.centre,
         adapt_steps=args.adapt_steps,
+        adapt_on=args.adapt_on,
     )
     if args.json:
         from ..utils import atomic_write_json

@@ -106,6 +106,13 @@ def _add_bank(sub: Any) -> None:
         help="embed anchors (and later queries) as the mean of their 8 dihedral views "
         "(default: the run's bank.tta)",
     )
+    b.add_argument(
+        "--adapt-on",
+        choices=("mean", "views"),
+        default=None,
+        help="adapt the prototypes on each anchor's embedding or on its 8 dihedral views; views "
+        "keeps them in the bank (default: the run's bank.adapt_on)",
+    )
     b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
     b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True, help="class code of the new anchors")
@@ -211,6 +218,13 @@ def _add_fewshot_eval(sub: Any) -> None:
         default=None,
         help="with model.aggregate=proto: adapt the prototypes to each support set in this many "
         "steps (default: the run's bank.adapt_steps)",
+    )
+    p.add_argument(
+        "--adapt-on",
+        choices=("mean", "views"),
+        default=None,
+        help="adapt the prototypes on each support image's embedding or on its 8 dihedral views "
+        "(default: the run's bank.adapt_on)",
     )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")

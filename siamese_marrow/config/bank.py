@@ -77,6 +77,11 @@ class BankConfig:
     # With model.aggregate=proto: Adam steps that adapt the class prototypes to the bank's own
     # anchors through the heads before classifying (0 = the plain class means; models/adapt.py).
     adapt_steps: int = 0
+    # What the prototypes are adapted on: each anchor's embedding ("mean": its TTA mean when
+    # bank.tta) or its 8 dihedral views ("views": 8x the examples for a 1-shot class; the bank
+    # then keeps every anchor's 8 view embeddings, views.npy, 4x the memory of float32
+    # embeddings at float16).
+    adapt_on: str = _choices("mean", "views", default="mean")
     # classify: images embedded and classified at a time, so a large set of query images never
     # sits in memory at once.
     stream_batch: int = 2048

@@ -44,6 +44,7 @@ def bank_summary(bank: AnchorBank, path: str | Path | None = None) -> dict[str, 
         "index_choice": bank.choice.to_dict() if bank.choice else None,
         "search_params": bank.index.search_params,
         "tta": bank.bank_config.tta,
+        "adapt_on": bank.bank_config.adapt_on,
         "anchors": len(bank),
         "classes": bank.class_counts(),
     }
@@ -68,11 +69,13 @@ def bank_build(
     progress: bool = True,
     force: bool = False,
     tta: bool | None = None,
+    adapt_on: str | None = None,
 ) -> dict[str, Any]:
     """Embed every image of ``data`` (folder or CSV) with the run's model and save a bank at
-    ``out``; ``factory`` overrides the run's ``bank.index`` and ``tta`` its ``bank.tta`` (the
-    bank records it, so its queries are embedded the same way). A bank already at ``out`` is
-    replaced only with ``force`` (refused before any work otherwise).
+    ``out``; ``factory`` overrides the run's ``bank.index``, ``tta`` its ``bank.tta`` (the
+    bank records it, so its queries are embedded the same way) and ``adapt_on`` its
+    ``bank.adapt_on`` ("views": the bank keeps each anchor's 8 view embeddings). A bank
+    already at ``out`` is replaced only with ``force`` (refused before any work otherwise).
 
     Under torchrun every rank calls it: the images are embedded in shards
     (:func:`..models.sharding.sharded_embedding`), and rank 0 alone takes the bank's lock and
@@ -83,6 +86,8 @@ def bank_build(
         loaded = load_run(run, checkpoint, device=device)
         if tta is not None:
             loaded.cfg.bank.tta = tta
+        if adapt_on is not None:
+            loaded.cfg.bank.adapt_on = adapt_on
         samples = load_samples(data, classes)
         t = time.perf_counter()
         bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)

@@ -30,7 +30,7 @@ from ..errors import DataError
 from ..models import SiameseNet
 from ..models.adapt import adapt_prototypes
 from ..models.checkpoint import load_run
-from ..models.embed import embed_paths
+from ..models.embed import embed_paths, views_to_embeddings
 
 METHODS = ("siamese", "prototype", "nn1", "logistic")
 
@@ -133,15 +133,21 @@ def episode_predictions(
     n_way: int,
     centre: bool = False,
     adapt_steps: int = 0,
+    views: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Predicted episode labels ``(N*Q,)`` of each method; ``embeddings (N_all, D)`` unit-norm.
     Without a model only the prototype and 1-NN baselines; ``centre``: every method on the
     embeddings centred on the episode's support mean (:func:`centre_on`); ``adapt_steps``: with
-    prototype aggregation, the consensus over prototypes adapted to the support set."""
+    prototype aggregation, the consensus over prototypes adapted to the support set (over the
+    support's dihedral views ``views (N_all, 8, D)`` when given: ``bank.adapt_on=views``)."""
     device = embeddings.device
-    s = embeddings[torch.from_numpy(ep.support).to(device)]  # (S, D)
+    sup = torch.from_numpy(ep.support).to(device)
+    s = embeddings[sup]  # (S, D)
     q = embeddings[torch.from_numpy(ep.query).to(device)]  # (Q, D)
+    s_views = views[sup] if views is not None else None  # (S, 8, D)
     if centre:
+        if s_views is not None:
+            (s_views,) = centre_on(s, s_views)
         s, q = centre_on(s, s, q)
     s_lab = torch.from_numpy(ep.support_labels).to(device)
     onehot = F.one_hot(s_lab, n_way).to(s.dtype)  # (S, N)
@@ -155,7 +161,7 @@ def episode_predictions(
     if model is not None:
         adapted = None
         if model.uses_prototypes and adapt_steps > 0:
-            adapted = adapt_prototypes(model, s, s_lab, n_way, steps=adapt_steps)
+            adapted = adapt_prototypes(model, s, s_lab, n_way, steps=adapt_steps, views=s_views)
         g, _, _ = model.anchor_consensus(s, s_lab, q, n_way, prototypes=adapted)  # (Q, N)
         out["siamese"] = g.argmax(1)
     return out
@@ -188,8 +194,11 @@ def fewshot_evaluate(
     class_names: Sequence[str] | None = None,
     centre: bool = False,
     adapt_steps: int = 0,
+    views: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Mean accuracy and 95% CI of each method for each K, on embeddings ``(N_all, D)``.
+    """Mean accuracy and 95% CI of each method for each K, on embeddings ``(N_all, D)``
+    (``views (N_all, 8, D)``: the prototypes adapted on the support's views, see
+    :func:`episode_predictions`).
 
     Returns ``{"n_way", "n_query", "episodes", "seed", "centre", "results": {method: {str(K):
     {"mean", "ci95"}}}}``. Every K is checked against the class sizes before any episode runs.
@@ -204,11 +213,14 @@ def fewshot_evaluate(
     if model is not None:
         model.eval()
     emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+    if views is not None and (views.ndim != 3 or len(views) != len(emb)):
+        raise ValueError(f"views {views.shape} for {len(emb)} embeddings; expected (N, 8, D)")
+    vw = None if views is None else torch.from_numpy(np.asarray(views, np.float32)).to(device)
     results: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
     for k, sampler in samplers.items():
         accs: dict[str, list[float]] = {m: [] for m in methods}
         for ep in sampler:
-            preds = episode_predictions(model, emb, ep, n_way, centre, adapt_steps)
+            preds = episode_predictions(model, emb, ep, n_way, centre, adapt_steps, vw)
             truth = torch.from_numpy(ep.query_labels).to(device)
             for m in methods:
                 accs[m].append(float((preds[m] == truth).float().mean()))
@@ -223,6 +235,7 @@ def fewshot_evaluate(
         "seed": seed,
         "centre": centre,
         "adapt_steps": adapt_steps,
+        "adapt_on": "views" if views is not None else "mean",
         "results": results,
     }
 
@@ -245,12 +258,14 @@ def fewshot_eval(
     tta: bool | None = None,
     centre: bool = False,
     adapt_steps: int | None = None,
+    adapt_on: str | None = None,
 ) -> dict[str, Any]:
     """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones);
     ``tta``: each image embedded as the mean of its 8 dihedral views (default: the run's
     ``bank.tta``); ``centre``: embeddings centred on each episode's support mean;
     ``adapt_steps``: the consensus over prototypes adapted to each support set (default: the
-    run's ``bank.adapt_steps``).
+    run's ``bank.adapt_steps``); ``adapt_on``: ``"mean"`` or ``"views"``, what they are adapted
+    on (default: the run's ``bank.adapt_on``).
 
     ``{"n_way", "episodes", "results": {"siamese"|"prototype"|"nn1": {"<K>": {"mean", "ci95"}}},
     ...}``; each image is embedded once and reused by every episode and method.
@@ -258,6 +273,10 @@ def fewshot_eval(
     loaded = load_run(run, checkpoint, device=device)
     tta = loaded.cfg.bank.tta if tta is None else tta
     adapt_steps = loaded.cfg.bank.adapt_steps if adapt_steps is None else adapt_steps
+    adapt_on = loaded.cfg.bank.adapt_on if adapt_on is None else adapt_on
+    if adapt_on not in ("mean", "views"):
+        raise ValueError(f"adapt_on={adapt_on!r} is not one of mean, views")
+    on_views = adapt_on == "views" and adapt_steps > 0 and loaded.model.uses_prototypes
     samples = load_samples(data, classes)
     names = class_list(samples)
     lookup = {c: i for i, c in enumerate(names)}
@@ -273,7 +292,12 @@ def fewshot_eval(
         progress,
         desc="fewshot",
         tta=tta,
+        views=on_views,
     )
+    views = None
+    if on_views:  # one pass gives both: the views and their (TTA) mean, or the image itself
+        views = emb
+        emb = views_to_embeddings(views, tta)
     out = fewshot_evaluate(
         loaded.model,
         emb,
@@ -286,6 +310,7 @@ def fewshot_eval(
         names,
         centre,
         adapt_steps,
+        views,
     )
     out.update(
         {

@@ -7,6 +7,8 @@ Layout of a bank directory (every file listed with its sha256 in ``manifest.json
                            rows, in anchor order (read without pickle, and without a copy)
     BANK/anchors.json      [{"id": int, "path": str, "label": str}, ...], same order
     BANK/config.yaml       the resolved config of the run the bank was built with
+    BANK/views.npy         (N, 8, D) float16, each anchor's 8 dihedral-view embeddings; only in
+                           a bank with bank.adapt_on=views (the prototypes adapt on them)
     BANK/manifest.json     model identity, index factory (and auto's choice, its memory and
                            measured recall), classes with counts, file hashes
 
@@ -38,7 +40,7 @@ from ..data.datasets import Sample, check_labels
 from ..errors import BankError, DataError
 from ..models import SiameseNet
 from ..models.checkpoint import LoadedRun
-from ..models.embed import embed_paths
+from ..models.embed import embed_paths, views_to_embeddings
 from ..utils import sha256_file
 from .auto import (
     IndexChoice,
@@ -53,6 +55,7 @@ from .bankfiles import (
     BANK_FILES,
     FORMAT,
     FORMAT_VERSION,
+    VIEWS_FILE,
     check_manifest,
     check_model,
     check_target,
@@ -85,6 +88,10 @@ class AnchorBank:
         self.choice: IndexChoice | None = None  # what auto chose (bank.index=auto)
         self.index = FaissIndex(self.model.dim, self.factory, "ip")
         self.embeddings = np.zeros((0, self.model.dim), np.float32)
+        #: ``(N, 8, D)`` float16 view embeddings of the anchors when bank.adapt_on=views, else None
+        self.views: np.ndarray | None = (
+            np.zeros((0, 8, self.model.dim), np.float16) if self.keeps_views else None
+        )
         self.anchors: list[dict[str, Any]] = []
         self.next_id = 0
         self.calibration: dict[str, Any] = {}  # {"temperature": T, ...} (index.calibration)
@@ -99,6 +106,11 @@ class AnchorBank:
     @property
     def dim(self) -> int:
         return self.model.dim
+
+    @property
+    def keeps_views(self) -> bool:
+        """Whether the bank keeps each anchor's 8 view embeddings (bank.adapt_on=views)."""
+        return self.config.bank.adapt_on == "views"
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -178,8 +190,13 @@ class AnchorBank:
             progress,
             desc="bank",
             tta=self.config.bank.tta,
+            views=self.keeps_views,
         )
-        return self.add_embeddings(emb, paths, labels)
+        if not self.keeps_views:
+            return self.add_embeddings(emb, paths, labels)
+        return self.add_embeddings(
+            views_to_embeddings(emb, self.config.bank.tta), paths, labels, views=emb
+        )
 
     def _check_new_paths(self, paths: Sequence[str]) -> None:
         seen: set[str] = set()
@@ -191,9 +208,14 @@ class AnchorBank:
             )
 
     def add_embeddings(
-        self, embeddings: np.ndarray, paths: Sequence[str], labels: Sequence[str]
+        self,
+        embeddings: np.ndarray,
+        paths: Sequence[str],
+        labels: Sequence[str],
+        views: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Add precomputed unit-norm embeddings ``(n, D)`` with their paths and labels."""
+        """Add precomputed unit-norm embeddings ``(n, D)`` with their paths and labels (and, in a
+        bank with bank.adapt_on=views, their unit-norm view embeddings ``views (n, 8, D)``)."""
         emb = np.asarray(embeddings)
         n = len(paths)
         if emb.ndim != 2 or emb.shape != (n, self.dim) or len(labels) != n:
@@ -201,6 +223,14 @@ class AnchorBank:
                 f"add_embeddings: embeddings {emb.shape}, {n} paths, {len(labels)} labels; "
                 f"expected ({n}, {self.dim}) and as many paths and labels"
             )
+        if self.keeps_views and (views is None or np.shape(views) != (n, 8, self.dim)):
+            got = "none" if views is None else np.shape(views)
+            raise ValueError(
+                f"add_embeddings: this bank adapts on views (bank.adapt_on=views) and needs the "
+                f"anchors' view embeddings ({n}, 8, {self.dim}); got {got}"
+            )
+        if not self.keeps_views and views is not None:
+            raise ValueError("add_embeddings: views given to a bank with bank.adapt_on=mean")
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         norms = np.linalg.norm(emb, axis=1)
         if n and not np.allclose(norms, 1.0, atol=1e-3):
@@ -213,6 +243,8 @@ class AnchorBank:
         self.embeddings = np.concatenate(
             [self.embeddings.astype(dtype, copy=False), emb], dtype=dtype
         )
+        if self.views is not None:
+            self.views = np.concatenate([self.views, np.asarray(views)], dtype=np.float16)
         rechoose = self.requested == "auto" and rechoose_due(
             self.choice, total, self.config.bank.rechoose_factor
         )
@@ -243,6 +275,8 @@ class AnchorBank:
             rebuild = True
         keep = ~drop
         self.embeddings = np.ascontiguousarray(self.embeddings[keep])
+        if self.views is not None:
+            self.views = np.ascontiguousarray(self.views[keep])
         self.anchors = [a for a, k in zip(self.anchors, keep, strict=True) if k]
         self._refresh()
         if self.requested == "auto" and rechoose_due(
@@ -315,9 +349,14 @@ class AnchorBank:
         self.index.save(d / "index.faiss")
         with durable_file(d / "embeddings.npy") as f:  # written straight from the array
             np.save(f, np.ascontiguousarray(self.embeddings), allow_pickle=False)
+        names = BANK_FILES
+        if self.views is not None:
+            with durable_file(d / VIEWS_FILE) as f:
+                np.save(f, self.views, allow_pickle=False)
+            names = (*names, VIEWS_FILE)
         write_file(d / "anchors.json", (json.dumps(self.anchors, indent=1) + "\n").encode())
         save_config(self.config, d / "config.yaml")
-        files = {name: sha256_file(d / name) for name in BANK_FILES}
+        files = {name: sha256_file(d / name) for name in names}
         write_file(d / MANIFEST, (json.dumps(self.manifest(files), indent=2) + "\n").encode())
 
     @classmethod
@@ -338,7 +377,7 @@ class AnchorBank:
         config digest differ from the ones the bank was built with. All files come from one save,
         even while a writer replaces the bank (:func:`.store.read_snapshot`).
         """
-        snap = read_snapshot(directory, BANK_FILES, check_manifest)
+        snap = read_snapshot(directory, BANK_FILES, check_manifest, optional=(VIEWS_FILE,))
         target, manifest = snap.directory, snap.manifest
         if loaded_run is None:
             loaded_run = load_model_of(target, manifest, run, checkpoint, device)
@@ -375,6 +414,7 @@ class AnchorBank:
         )  # its bytes are dropped as soon as the index is read: the bank is not held twice
         bank.index.set_search_params(manifest.get("search_params") or {})
         bank.embeddings = emb
+        bank.views = _views_of(snap.files.pop(VIEWS_FILE, None), bank, target)
         bank.anchors = anchors
         bank.next_id = int(manifest.get("next_id", len(anchors)))
         bank.calibration = manifest.get("calibration") or {}  # checked where it is used
@@ -387,6 +427,25 @@ class AnchorBank:
                 f"the {len(emb)} anchors; rebuild the bank"
             )
         return bank
+
+
+def _views_of(blob: bytearray | None, bank: AnchorBank, target: Path) -> np.ndarray | None:
+    """The saved view embeddings of a bank with bank.adapt_on=views, checked against its
+    anchors; None for other banks."""
+    if not bank.keeps_views:
+        return None
+    if blob is None:
+        raise BankError(
+            f"{target} was saved with bank.adapt_on=views but has no {VIEWS_FILE}; rebuild the bank"
+        )
+    views = npy_from_bytes(blob, target / VIEWS_FILE, ndim=3)
+    n = len(bank.embeddings)
+    if views.shape != (n, 8, bank.dim):
+        raise BankError(
+            f"{target / VIEWS_FILE} holds {views.dtype} {views.shape}; expected (N={n}, 8, "
+            f"{bank.dim}), one row per anchor; rebuild the bank"
+        )
+    return views
 
 
 def _check_labels(labels: Sequence[str]) -> None:

@@ -23,6 +23,8 @@ FORMAT = "siamese-marrow-anchor-bank"
 FORMAT_VERSION = 2
 READS_VERSIONS = (1, 2)
 BANK_FILES = ("index.faiss", "embeddings.npy", "anchors.json", "config.yaml")
+#: the anchors' view embeddings, in a bank with bank.adapt_on=views only
+VIEWS_FILE = "views.npy"
 
 
 def check_target(target: Path, replace: bool) -> None:
@@ -61,8 +63,9 @@ def load_model_of(
         ) from None
 
 
-def npy_from_bytes(blob: bytes | bytearray, where: Path) -> np.ndarray:
-    """A float32 or float16 ``.npy`` file's array over its bytes (no copy; never unpickles)."""
+def npy_from_bytes(blob: bytes | bytearray, where: Path, ndim: int = 2) -> np.ndarray:
+    """A float32 or float16 ``.npy`` file's array of ``ndim`` dimensions over its bytes (no copy;
+    never unpickles)."""
     f = io.BytesIO(blob)
     try:
         version = np.lib.format.read_magic(f)
@@ -74,9 +77,10 @@ def npy_from_bytes(blob: bytes | bytearray, where: Path) -> np.ndarray:
         shape, fortran, dtype = read_header(f)
     except ValueError as e:
         raise BankError(f"{where} cannot be read ({e})") from None
-    if dtype not in (np.float32, np.float16) or fortran or len(shape) != 2:
+    if dtype not in (np.float32, np.float16) or fortran or len(shape) != ndim:
+        want = "(N, D)" if ndim == 2 else f"{ndim}-d"
         raise BankError(
-            f"{where} cannot be read: it holds {dtype} {shape}, not float32 or float16 (N, D)"
+            f"{where} cannot be read: it holds {dtype} {shape}, not float32 or float16 {want}"
         )
     count = int(np.prod(shape))
     size = count * dtype.itemsize

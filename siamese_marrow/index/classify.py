@@ -137,7 +137,8 @@ def bank_shortlist(bank: AnchorBank, per_class_k: int) -> Shortlist:
 def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The class prototypes over all of the bank's anchors, when the model aggregates by
     prototype (``model.aggregate=proto``), adapted to the bank when ``bank.adapt_steps`` > 0
-    (:func:`~siamese_marrow.models.adapt.adapt_prototypes`); else None. Once per set of queries
+    (:func:`~siamese_marrow.models.adapt.adapt_prototypes`; on the anchors' view embeddings with
+    ``bank.adapt_on=views``); else None. Once per set of queries
     (:func:`bank_scoring`)."""
     model = bank.model
     if not model.uses_prototypes:
@@ -149,6 +150,7 @@ def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | Non
         torch.from_numpy(bank.labels).to(device),
         len(bank.classes),
         steps=bank.bank_config.adapt_steps,
+        views=None if bank.views is None else torch.from_numpy(bank.views).to(device),
     )
 
 

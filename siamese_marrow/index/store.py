@@ -145,17 +145,19 @@ def read_snapshot(
     directory: str | Path,
     names: tuple[str, ...],
     check: Callable[[Path, Any], dict[str, Any]],
+    optional: tuple[str, ...] = (),
 ) -> Snapshot:
     """Read ``manifest.json`` (parsed, then checked by ``check(path, data)``, which raises for a
     folder that is not a bank when ``data`` is None) and the files ``names`` of one save, each
-    verified against the sha256 the manifest records for it."""
+    verified against the sha256 the manifest records for it; of ``optional``, those the manifest
+    lists (then as required as the others)."""
     target = Path(directory).absolute()
     backup = backup_of(target)
     seen = "it kept changing while it was read"
     for _ in range(READ_ATTEMPTS):
         for candidate in (target, backup):
             try:
-                snap = _read_once(candidate, names, check, backup)
+                snap = _read_once(candidate, names, check, backup, optional)
             except _Vanished as e:
                 seen = str(e) or seen
                 continue
@@ -172,6 +174,7 @@ def _read_once(
     names: tuple[str, ...],
     check: Callable[[Path, Any], dict[str, Any]],
     backup: Path,
+    optional: tuple[str, ...] = (),
 ) -> Snapshot | None:
     """One save read through one folder handle; None when ``directory`` holds no bank but its
     backup may; :class:`_Vanished` when a writer moved or deleted the folder meanwhile."""
@@ -195,7 +198,8 @@ def _read_once(
             raise BankError(f"{directory / MANIFEST} is damaged (not valid JSON: {e})") from None
         manifest = check(directory / MANIFEST, data)
         files: dict[str, bytearray] = {}
-        for name in names:
+        listed = [n for n in optional if n in manifest["files"]]
+        for name in (*names, *listed):
             content = _read_at(fd, name)
             expected = manifest["files"].get(name)
             if content is None or expected is None:

@@ -8,6 +8,11 @@ themselves, so each class vector moves to where the heads separate the classes o
 episode best; an L2 pull (``pull``) keeps it near its mean. It is what logistic regression on the
 support set does for a linear classifier (and what P>M>F's test-time fine-tuning does to a whole
 backbone), done through the pair heads on ``C x D`` numbers. Deterministic for given inputs.
+
+With ``views`` (each anchor's 8 dihedral-view embeddings, ``bank.adapt_on=views``) the
+cross-entropy runs over every view instead of over the anchors' mean embeddings: a 1-shot class
+gives 8 examples of how its cell looks turned, not one point, and the prototypes start from the
+same means as before.
 """
 
 from __future__ import annotations
@@ -27,18 +32,33 @@ def adapt_prototypes(
     lr: float = 0.05,
     pull: float = 0.0,
     per_class: int = 256,
+    views: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapted unit-norm class vectors ``(C, D)`` and their labels ``(C,)`` (-1: no anchors).
 
     ``anchors (N, D)`` unit-norm with ``anchor_labels (N,)``; at most ``per_class`` anchors of
-    each class take part (the first ones: classes of any size weigh alike). ``steps=0`` gives
-    the plain prototypes.
+    each class take part (the first ones: classes of any size weigh alike). ``views (N, V, D)``:
+    unit-norm embeddings of V views of each anchor; the loss is then over every view of the
+    first ``max(1, per_class // V)`` anchors of each class, so at most ``per_class`` rows per
+    class and the cost of a step stays that of adapting on the means. ``steps=0`` gives the
+    plain prototypes.
     """
+    if views is not None and (views.ndim != 3 or views.shape[0] != len(anchors)):
+        raise ValueError(
+            f"adapt_prototypes: views {tuple(views.shape)} for {len(anchors)} anchors; "
+            "expected (N, V, D)"
+        )
     protos, labels = model.class_prototypes(anchors, anchor_labels, num_classes)
     if steps <= 0 or int((labels >= 0).sum()) < 2:
         return protos, labels
+    if views is not None:
+        per_class = max(1, per_class // views.shape[1])
     keep = _first_per_class(anchor_labels, num_classes, per_class)
-    x, y = anchors[keep].detach(), anchor_labels[keep]
+    if views is None:
+        x, y = anchors[keep].detach(), anchor_labels[keep]
+    else:
+        v = views[keep].to(anchors.dtype).detach()  # (n, V, D)
+        x, y = v.reshape(-1, v.shape[-1]), anchor_labels[keep].repeat_interleave(v.shape[1])
     start = protos.detach()
     vec = torch.nn.Parameter(start.clone())
     opt = torch.optim.Adam([vec], lr=lr)
@@ -46,9 +66,10 @@ def adapt_prototypes(
     for p in model.parameters():
         p.requires_grad_(False)
     try:
+        score = model.prototype_scorer(x)  # the anchors' share of the heads, once
         with torch.enable_grad():
             for _ in range(steps):
-                logits, _ = model.prototype_logits(F.normalize(vec, dim=-1), labels, x)
+                logits = score(F.normalize(vec, dim=-1), labels)
                 loss = F.cross_entropy(logits, y)
                 if pull > 0:
                     loss = loss + pull * ((vec - start) ** 2).sum(-1).mean()

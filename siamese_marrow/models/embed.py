@@ -40,26 +40,51 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views
 
 
+def embed_views(model: SiameseNet | Backbone, x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W) -> (B, 8, D)``: the unit-norm embedding of each of the 8 dihedral views of
+    each image, in :func:`dihedral_views` order (one forward pass of ``8 B`` images)."""
+    views = torch.cat(dihedral_views(x))
+    return model.embed(views).reshape(8, len(x), -1).transpose(0, 1)
+
+
+def views_to_embeddings(views: np.ndarray, tta: bool) -> np.ndarray:
+    """The embeddings ``(N, D)`` float32 that ``embed_*`` gives, from the ``(N, 8, D)`` view
+    embeddings of the same images: their renormalised mean (``tta``) or the first view, the
+    image as it is."""
+    if not tta:
+        return np.ascontiguousarray(views[:, 0], dtype=np.float32)
+    mean = views.astype(np.float32).mean(1)
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+
+
 def embed_batch(model: SiameseNet | Backbone, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """``(B, 3, H, W) -> (B, D)`` unit-norm embeddings; with ``tta`` the renormalised mean over
-    the 8 dihedral views (one forward pass of ``8 B`` images)."""
+    the 8 dihedral views (:func:`embed_views`)."""
     if not tta:
         return model.embed(x)
-    views = torch.cat(dihedral_views(x))
-    emb = model.embed(views).float().reshape(8, len(x), -1).mean(0)
-    return torch.nn.functional.normalize(emb, dim=-1)
+    return torch.nn.functional.normalize(embed_views(model, x).float().mean(1), dim=-1)
 
 
 def _embed_on(
-    model: SiameseNet | Backbone, x: torch.Tensor, device: torch.device, tta: bool, amp: bool
+    model: SiameseNet | Backbone,
+    x: torch.Tensor,
+    device: torch.device,
+    tta: bool,
+    amp: bool,
+    views: bool = False,
 ) -> torch.Tensor:
     """Unit-norm float32 embeddings ``(B, D)`` of a CPU batch ``x`` computed on ``device`` (the
-    CUDA fast path there: non-blocking copy, channels_last, bf16 autocast when ``amp``)."""
+    CUDA fast path there: non-blocking copy, channels_last, bf16 autocast when ``amp``);
+    ``views``: ``(B, 8, D)``, each dihedral view's (:func:`embed_views`)."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return embed_views(model, batch) if views else embed_batch(model, batch, tta)
+
     if device.type != "cuda":
-        return embed_batch(model, x.to(device), tta).float()
+        return run(x.to(device)).float()
     x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        emb = embed_batch(model, x, tta)
+        emb = run(x)
     return torch.nn.functional.normalize(emb.float(), dim=-1) if amp else emb.float()
 
 
@@ -75,10 +100,12 @@ def embed_dataset(
     timing: dict[str, float] | None = None,
     tta: bool = False,
     amp: bool = True,
+    views: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``(N, D)`` float32 and labels ``(N,)`` int64 of every item, in dataset order
-    (``tta``: each the mean over its 8 dihedral views, :func:`embed_batch`; ``amp``: bf16
-    autocast on CUDA).
+    (``tta``: each the mean over its 8 dihedral views, :func:`embed_batch`; ``views``: instead
+    ``(N, 8, D)``, each view's own embedding, :func:`embed_views`; ``amp``: bf16 autocast on
+    CUDA).
 
     ``device`` defaults to the model's. When ``timing`` is given it receives ``load_s`` (decode
     and transform, waiting for the loader), ``backbone_s`` (``model.embed`` only) and ``total_s``
@@ -87,17 +114,24 @@ def embed_dataset(
     t_start = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     options = dict(
-        batch_size=batch_size, num_workers=num_workers, desc=desc, timing=timing, tta=tta, amp=amp
+        batch_size=batch_size,
+        num_workers=num_workers,
+        desc=desc,
+        timing=timing,
+        tta=tta,
+        amp=amp,
+        views=views,
     )
+    width = model.dim * (8 if views else 1)  # the views of an image travel as one flat row
     if sharding.is_sharding() and len(dataset):
-        out = sharding.embed_in_shards(
-            _embed_here, model, dataset, model.dim, device, progress, **options
+        emb, labels = sharding.embed_in_shards(
+            _embed_here, model, dataset, width, device, progress, **options
         )
     else:
-        out = _embed_here(model, dataset, device=device, progress=progress, **options)
+        emb, labels = _embed_here(model, dataset, device=device, progress=progress, **options)
     if timing is not None:
         timing["total_s"] = time.perf_counter() - t_start
-    return out
+    return (emb.reshape(len(emb), 8, model.dim) if views else emb), labels
 
 
 def _embed_here(
@@ -112,8 +146,9 @@ def _embed_here(
     timing: dict[str, float] | None,
     tta: bool,
     amp: bool,
+    views: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`embed_dataset` in this process."""
+    """:func:`embed_dataset` in this process (``views``: rows ``(n, 8 D)``)."""
     was_training = model.training
     model.eval()
     loader = DataLoader(
@@ -130,7 +165,7 @@ def _embed_here(
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
         t1 = time.perf_counter()
         load += t1 - t
-        feats.append(_embed_on(model, x, device, tta, amp).cpu())
+        feats.append(_embed_on(model, x, device, tta, amp, views).flatten(1).cpu())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         labels.append(y)
@@ -140,7 +175,7 @@ def _embed_here(
     if timing is not None:
         timing.update(load_s=load, backbone_s=backbone)
     if not feats:
-        return np.zeros((0, model.dim), np.float32), np.zeros((0,), np.int64)
+        return np.zeros((0, model.dim * (8 if views else 1)), np.float32), np.zeros((0,), np.int64)
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
@@ -176,14 +211,23 @@ def embed_paths(
     progress: bool = False,
     desc: str = "embed",
     tta: bool = False,
+    views: bool = False,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Embeddings ``(N, D)`` float32 of image files (``tta``: mean over the 8 dihedral views)
-    and a timing breakdown: ``backbone_s`` (``model.embed`` only), ``load_s`` (decode +
-    transform) and ``total_s``."""
+    """Embeddings ``(N, D)`` float32 of image files (``tta``: mean over the 8 dihedral views;
+    ``views``: ``(N, 8, D)``, each view's) and a timing breakdown: ``backbone_s``
+    (``model.embed`` only), ``load_s`` (decode + transform) and ``total_s``."""
     timing: dict[str, float] = {}
     ds = _ImageDataset([str(p) for p in paths], eval_transform(_spec_of(model)))
     emb, _ = embed_dataset(
-        model, ds, batch_size, num_workers, progress=progress, desc=desc, timing=timing, tta=tta
+        model,
+        ds,
+        batch_size,
+        num_workers,
+        progress=progress,
+        desc=desc,
+        timing=timing,
+        tta=tta,
+        views=views,
     )
     return emb.astype(np.float32, copy=False), timing
 
