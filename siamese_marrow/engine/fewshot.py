@@ -284,20 +284,9 @@ def fewshot_eval(
     # check the request against the class sizes before embedding anything
     for k in k_shots:
         EpisodeSampler(labels, n_way, k, n_query, episodes, seed, names)
-    emb, timing = embed_paths(
-        loaded.model,
-        [s.path for s in samples],
-        batch_size,
-        num_workers,
-        progress,
-        desc="fewshot",
-        tta=tta,
-        views=on_views,
+    emb, views, timing = _embed_episode_images(
+        loaded.model, [s.path for s in samples], batch_size, num_workers, progress, tta, on_views
     )
-    views = None
-    if on_views:  # one pass gives both: the views and their (TTA) mean, or the image itself
-        views = emb
-        emb = views_to_embeddings(views, tta)
     out = fewshot_evaluate(
         loaded.model,
         emb,
@@ -324,3 +313,22 @@ def fewshot_eval(
         }
     )
     return out
+
+
+def _embed_episode_images(
+    model: SiameseNet,
+    paths: list[str],
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+    tta: bool,
+    views: bool,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """Embeddings ``(N, D)``, the view embeddings ``(N, 8, D)`` when ``views`` (else None) and
+    the timing; one pass gives both: the views and their (TTA) mean, or the image itself."""
+    emb, timing = embed_paths(
+        model, paths, batch_size, num_workers, progress, desc="fewshot", tta=tta, views=views
+    )
+    if not views:
+        return emb, None, timing
+    return views_to_embeddings(emb, tta), emb, timing

@@ -62,6 +62,7 @@ from .bankfiles import (
     durable_file,
     load_model_of,
     npy_from_bytes,
+    views_from_bytes,
     write_file,
 )
 from .faiss_index import FaissIndex, RemoveUnsupported
@@ -414,7 +415,9 @@ class AnchorBank:
         )  # its bytes are dropped as soon as the index is read: the bank is not held twice
         bank.index.set_search_params(manifest.get("search_params") or {})
         bank.embeddings = emb
-        bank.views = _views_of(snap.files.pop(VIEWS_FILE, None), bank, target)
+        bank.views = views_from_bytes(
+            snap.files.pop(VIEWS_FILE, None), bank.keeps_views, len(emb), bank.dim, target
+        )
         bank.anchors = anchors
         bank.next_id = int(manifest.get("next_id", len(anchors)))
         bank.calibration = manifest.get("calibration") or {}  # checked where it is used
@@ -427,25 +430,6 @@ class AnchorBank:
                 f"the {len(emb)} anchors; rebuild the bank"
             )
         return bank
-
-
-def _views_of(blob: bytearray | None, bank: AnchorBank, target: Path) -> np.ndarray | None:
-    """The saved view embeddings of a bank with bank.adapt_on=views, checked against its
-    anchors; None for other banks."""
-    if not bank.keeps_views:
-        return None
-    if blob is None:
-        raise BankError(
-            f"{target} was saved with bank.adapt_on=views but has no {VIEWS_FILE}; rebuild the bank"
-        )
-    views = npy_from_bytes(blob, target / VIEWS_FILE, ndim=3)
-    n = len(bank.embeddings)
-    if views.shape != (n, 8, bank.dim):
-        raise BankError(
-            f"{target / VIEWS_FILE} holds {views.dtype} {views.shape}; expected (N={n}, 8, "
-            f"{bank.dim}), one row per anchor; rebuild the bank"
-        )
-    return views
 
 
 def _check_labels(labels: Sequence[str]) -> None:

@@ -89,6 +89,26 @@ def npy_from_bytes(blob: bytes | bytearray, where: Path, ndim: int = 2) -> np.nd
     return np.frombuffer(blob, dtype, count, offset=f.tell()).reshape(shape)
 
 
+def views_from_bytes(
+    blob: bytes | bytearray | None, keeps: bool, n: int, dim: int, target: Path
+) -> np.ndarray | None:
+    """The saved view embeddings ``(n, 8, dim)`` of a bank with bank.adapt_on=views
+    (``keeps``), checked against its ``n`` anchors; None for other banks."""
+    if not keeps:
+        return None
+    if blob is None:
+        raise BankError(
+            f"{target} was saved with bank.adapt_on=views but has no {VIEWS_FILE}; rebuild the bank"
+        )
+    views = npy_from_bytes(blob, target / VIEWS_FILE, ndim=3)
+    if views.shape != (n, 8, dim):
+        raise BankError(
+            f"{target / VIEWS_FILE} holds {views.dtype} {views.shape}; expected (N={n}, 8, "
+            f"{dim}), one row per anchor; rebuild the bank"
+        )
+    return views
+
+
 def read_manifest(target: str | Path) -> dict[str, Any]:
     """The checked ``manifest.json`` of a bank folder (read without changing anything)."""
     return read_snapshot(target, (), check_manifest).manifest
