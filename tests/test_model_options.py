@@ -32,6 +32,17 @@ def tiny(**changes: object):  # noqa: ANN201
     return build_model(cfg).eval()
 
 
+def random_pngs(folder: Path, n: int, hw: tuple[int, int], seed: int) -> list[str]:
+    """``n`` random-noise RGB PNG files of height x width ``hw`` in ``folder``."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(n, d, generator=g), dim=-1)
@@ -153,12 +164,7 @@ def test_dihedral_views_are_the_eight_distinct_symmetries() -> None:
 
 def test_tta_embedding_is_the_mean_of_the_eight_views(tmp_path: Path) -> None:
     model = tiny()
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        p = tmp_path / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
+    paths = random_pngs(tmp_path, 3, (40, 32), seed=0)
     emb, _ = embed_paths(model, paths, tta=True)
     plain, _ = embed_paths(model, paths)
     from siamese_marrow.data.transforms import eval_transform
@@ -281,12 +287,7 @@ def test_view_embeddings_are_each_views_own_and_their_mean_is_the_tta_embedding(
     from siamese_marrow.models.embed import _ImageDataset, views_to_embeddings
 
     model = tiny()
-    rng = np.random.default_rng(1)
-    paths = []
-    for i in range(3):
-        p = tmp_path / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (36, 32, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
+    paths = random_pngs(tmp_path, 3, (36, 32), seed=1)
     views, _ = embed_paths(model, paths, views=True)
     assert views.shape == (3, 8, model.dim) and views.dtype == np.float32
     x = torch.stack([_ImageDataset(paths, eval_transform(model.backbone.spec))[i][0] for i in (2,)])

@@ -59,7 +59,7 @@ from siamese_marrow.engine.train import train
 from siamese_marrow.index import AnchorBank, classify
 from siamese_marrow.models import SiameseNet, create_backbone
 from siamese_marrow.models.checkpoint import load_run
-from siamese_marrow.models.embed import embed_paths, views_to_embeddings
+from siamese_marrow.models.embed import embed_paths, embed_paths_and_views
 
 AGGREGATES = ("topk", "mean", "max", "proto")
 
@@ -155,7 +155,7 @@ def siamese_section(
     tta = cfg.bank.tta
     bs = cfg.train.eval_batch_size
     on_views = cfg.bank.adapt_on == "views"
-    x_a, v_a = _embed(model, paths(data.train), bs, tta, on_views)
+    x_a, v_a, _ = embed_paths_and_views(model, paths(data.train), bs, tta=tta, views=on_views)
     x_t, _ = embed_paths(model, paths(data.test), bs, tta=tta)
     y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
     bank = AnchorBank(loaded)
@@ -176,7 +176,7 @@ def siamese_section(
         logistic_probe(x_a, y_a, x_t, y_t, data.classes, cfg.train.seed)
     )
     samples, y_fs, names = fs
-    x_fs, v_fs = _embed(model, paths(samples), bs, tta, True)
+    x_fs, v_fs, _ = embed_paths_and_views(model, paths(samples), bs, tta=tta, views=True)
     steps = cfg.bank.adapt_steps if model.uses_prototypes else 0
     few = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names, adapt_steps=steps)
     results = few["results"]
@@ -191,17 +191,6 @@ def siamese_section(
         plain = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names)
         results["siamese (no adaptation)"] = plain["results"]["siamese"]
     return rows, results
-
-
-def _embed(
-    model: SiameseNet, files: list[str], bs: int, tta: bool, views: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Embeddings ``(N, D)`` and, with ``views``, the view embeddings ``(N, 8, D)`` they are the
-    mean of (one pass)."""
-    if not views:
-        return embed_paths(model, files, bs, tta=tta)[0], None
-    v, _ = embed_paths(model, files, bs, views=True)
-    return views_to_embeddings(v, tta), v
 
 
 def softmax_section(

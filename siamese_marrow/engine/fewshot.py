@@ -30,7 +30,7 @@ from ..errors import DataError
 from ..models import SiameseNet
 from ..models.adapt import adapt_prototypes
 from ..models.checkpoint import load_run
-from ..models.embed import embed_paths, views_to_embeddings
+from ..models.embed import embed_paths_and_views
 
 METHODS = ("siamese", "prototype", "nn1", "logistic")
 
@@ -284,8 +284,15 @@ def fewshot_eval(
     # check the request against the class sizes before embedding anything
     for k in k_shots:
         EpisodeSampler(labels, n_way, k, n_query, episodes, seed, names)
-    emb, views, timing = _embed_episode_images(
-        loaded.model, [s.path for s in samples], batch_size, num_workers, progress, tta, on_views
+    emb, views, timing = embed_paths_and_views(
+        loaded.model,
+        [s.path for s in samples],
+        batch_size,
+        num_workers,
+        progress,
+        desc="fewshot",
+        tta=tta,
+        views=on_views,
     )
     out = fewshot_evaluate(
         loaded.model,
@@ -313,22 +320,3 @@ def fewshot_eval(
         }
     )
     return out
-
-
-def _embed_episode_images(
-    model: SiameseNet,
-    paths: list[str],
-    batch_size: int,
-    num_workers: int,
-    progress: bool,
-    tta: bool,
-    views: bool,
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
-    """Embeddings ``(N, D)``, the view embeddings ``(N, 8, D)`` when ``views`` (else None) and
-    the timing; one pass gives both: the views and their (TTA) mean, or the image itself."""
-    emb, timing = embed_paths(
-        model, paths, batch_size, num_workers, progress, desc="fewshot", tta=tta, views=views
-    )
-    if not views:
-        return emb, None, timing
-    return views_to_embeddings(emb, tta), emb, timing

@@ -40,7 +40,7 @@ from ..data.datasets import Sample, check_labels
 from ..errors import BankError, DataError
 from ..models import SiameseNet
 from ..models.checkpoint import LoadedRun
-from ..models.embed import embed_paths, views_to_embeddings
+from ..models.embed import embed_paths_and_views
 from ..utils import sha256_file
 from .auto import (
     IndexChoice,
@@ -183,7 +183,7 @@ class AnchorBank:
         paths = [str(Path(p).absolute()) for p in paths]
         self._check_new_paths(paths)
         _check_labels(labels)  # before the embedding work
-        emb, _ = embed_paths(
+        emb, views, _ = embed_paths_and_views(
             self.model,
             paths,
             batch_size,
@@ -193,11 +193,7 @@ class AnchorBank:
             tta=self.config.bank.tta,
             views=self.keeps_views,
         )
-        if not self.keeps_views:
-            return self.add_embeddings(emb, paths, labels)
-        return self.add_embeddings(
-            views_to_embeddings(emb, self.config.bank.tta), paths, labels, views=emb
-        )
+        return self.add_embeddings(emb, paths, labels, views=views)
 
     def _check_new_paths(self, paths: Sequence[str]) -> None:
         seen: set[str] = set()

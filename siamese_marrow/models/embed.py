@@ -232,6 +232,25 @@ def embed_paths(
     return emb.astype(np.float32, copy=False), timing
 
 
+def embed_paths_and_views(
+    model: SiameseNet | Backbone,
+    paths: Sequence[str | Path],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "embed",
+    tta: bool = False,
+    views: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """:func:`embed_paths`'s embeddings ``(N, D)`` and, with ``views``, the view embeddings
+    ``(N, 8, D)`` they come from (else None), and the timing: one pass gives both, the views and
+    their TTA mean (or the image itself, :func:`views_to_embeddings`)."""
+    emb, timing = embed_paths(model, paths, batch_size, num_workers, progress, desc, tta, views)
+    if not views:
+        return emb, None, timing
+    return views_to_embeddings(emb, tta), emb, timing
+
+
 def embed_images(
     model: SiameseNet | Backbone,
     images: Sequence[ImageLike] | torch.Tensor,
