@@ -325,15 +325,45 @@ def test_adapting_on_views_is_the_loss_over_every_view() -> None:
     # start: the same class means; per_class counts anchors, each with all its views
     plain, _ = adapt_prototypes(model, anchors, labels, 3, steps=0, views=views)
     assert torch.equal(plain, model.class_prototypes(anchors, labels, 3)[0])
-    # per_class counts rows: 8 rows = all 8 views of the first anchor of each class
-    first, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=views, per_class=8)
+    # per_class counts rows: with 8 of a class's 16 rows a step, each step draws 8 afresh, so the
+    # second anchor of each class takes part too (it did not when the first rows were kept)
+    part, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=views, per_class=8)
+    again, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=views, per_class=8)
+    assert torch.equal(part, again)  # seeded draws: deterministic
     other = views.clone()
-    other[[1, 3, 5]] = F.normalize(torch.randn(3, 8, 8, generator=g), dim=-1)  # not taking part
-    again, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=other, per_class=8)
-    assert torch.equal(first, again)
-    assert not torch.allclose(first, on_views, atol=1e-3)
+    other[[1, 3, 5]] = F.normalize(torch.randn(3, 8, 8, generator=g), dim=-1)
+    moved, _ = adapt_prototypes(model, anchors, labels, 3, steps=40, views=other, per_class=8)
+    assert not torch.allclose(part, moved, atol=1e-4)
+    reseeded, _ = adapt_prototypes(model, anchors, labels, 3, 40, views=views, per_class=8, seed=1)
+    assert not torch.equal(part, reseeded)
+    assert not torch.allclose(part, on_views, atol=1e-3)
     with pytest.raises(ValueError, match="views"):
         adapt_prototypes(model, anchors, labels, 3, steps=5, views=views[:4])
+
+
+def test_adaptation_draws_cover_every_row_of_a_large_class() -> None:
+    """A class with more rows than per_class gives a fresh per_class of them at every step, each
+    row as often as the others; a small class takes part whole; a huge one is pooled first."""
+    from siamese_marrow.models.adapt import POOL, _Draw, _pools
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 3 + [1] * 20 + [-1] * 2)
+    pools = _pools(labels, 2, POOL * 5, gen)
+    assert [p.tolist() for p in pools] == [[0, 1, 2], list(range(3, 23))]
+    draw = _Draw(pools, 5, gen)
+    counts = torch.zeros(23)
+    for _ in range(400):
+        rows = draw()
+        assert rows is not None and len(rows) == 3 + 5
+        assert rows[:3].tolist() == [0, 1, 2] and len(set(rows[3:].tolist())) == 5
+        assert all(3 <= r < 23 for r in rows[3:].tolist())
+        counts[rows] += 1
+    assert torch.equal(counts[:3], torch.full((3,), 400.0))
+    share = counts[3:] / 400  # 5 of 20 a step: 0.25 each
+    assert share.min() > 0.17 and share.max() < 0.33
+    assert _Draw(pools, 20, gen)() is None  # every class fits: the same rows every step
+    big = _pools(torch.zeros(POOL * 5 + 30, dtype=torch.long), 1, POOL * 5, gen)[0]
+    assert len(big) == POOL * 5 and len(set(big.tolist())) == POOL * 5
 
 
 @pytest.mark.parametrize("kind", ["mlp", "linear", "mlp_sym"])
@@ -342,6 +372,10 @@ def test_prototype_scorer_equals_prototype_logits(kind: str) -> None:
     tests, protos = unit(11, 8, 1), unit(4, 8, 2)
     labels = torch.tensor([0, 1, -1, 3])  # a class without anchors stays -inf
     want, _ = model.prototype_logits(protos, labels, tests)
-    got = model.prototype_scorer(tests)(protos, labels)
+    score = model.prototype_scorer(tests)
+    got = score(protos, labels)
     assert torch.allclose(got, want, atol=1e-6, equal_nan=False)
     assert torch.isinf(got[:, 2]).all()
+    rows = torch.tensor([9, 0, 4, 4])  # some of the tests, in any order, repeated
+    sub, _ = model.prototype_logits(protos, labels, tests[rows])
+    assert torch.allclose(score(protos, labels, rows), sub, atol=1e-6)

@@ -13,6 +13,12 @@ With ``views`` (each anchor's 8 dihedral-view embeddings, ``bank.adapt_on=views`
 cross-entropy runs over every view instead of over the anchors' mean embeddings: a 1-shot class
 gives 8 examples of how its cell looks turned, not one point, and the prototypes start from the
 same means as before.
+
+Each step's loss is over at most ``per_class`` rows of each class: a class with more rows than
+that (a bank's large class: 120 anchors x 8 views) gives a fresh random draw of them at every
+step, so all of its anchors shape the prototype at the cost of ``per_class`` rows a step (bm7,
+split seeds 0/1/2: 0.809 balanced accuracy vs 0.802 for the first 32 anchors' views). Smaller
+classes (a few-shot support) take part whole at every step.
 """
 
 from __future__ import annotations
@@ -33,15 +39,17 @@ def adapt_prototypes(
     pull: float = 0.0,
     per_class: int = 256,
     views: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapted unit-norm class vectors ``(C, D)`` and their labels ``(C,)`` (-1: no anchors).
 
     ``anchors (N, D)`` unit-norm with ``anchor_labels (N,)``; at most ``per_class`` anchors of
-    each class take part (the first ones: classes of any size weigh alike). ``views (N, V, D)``:
-    unit-norm embeddings of V views of each anchor; the loss is then over every view of the
-    first ``max(1, per_class // V)`` anchors of each class, so at most ``per_class`` rows per
-    class and the cost of a step stays that of adapting on the means. ``steps=0`` gives the
-    plain prototypes.
+    each class take part in each step (a larger class: a new random draw of them every step,
+    from a pool of at most ``POOL * per_class`` of its rows; classes of any size weigh alike).
+    ``views (N, V, D)``: unit-norm embeddings of V views of each anchor; the rows are then every
+    view of every anchor, ``per_class`` of them a step, so the cost of a step stays that of
+    adapting on the means. ``steps=0`` gives the plain prototypes. Deterministic for given
+    inputs (the draws come from a generator seeded with ``seed``).
     """
     if views is not None and (views.ndim != 3 or views.shape[0] != len(anchors)):
         raise ValueError(
@@ -51,14 +59,16 @@ def adapt_prototypes(
     protos, labels = model.class_prototypes(anchors, anchor_labels, num_classes)
     if steps <= 0 or int((labels >= 0).sum()) < 2:
         return protos, labels
-    if views is not None:
-        per_class = max(1, per_class // views.shape[1])
-    keep = _first_per_class(anchor_labels, num_classes, per_class)
     if views is None:
-        x, y = anchors[keep].detach(), anchor_labels[keep]
+        x, y = anchors.detach(), anchor_labels
     else:
-        v = views[keep].to(anchors.dtype).detach()  # (n, V, D)
-        x, y = v.reshape(-1, v.shape[-1]), anchor_labels[keep].repeat_interleave(v.shape[1])
+        v = views.to(anchors.dtype).detach()  # (N, V, D)
+        x, y = v.reshape(-1, v.shape[-1]), anchor_labels.repeat_interleave(v.shape[1])
+    gen = torch.Generator().manual_seed(seed)
+    pools = _pools(y, num_classes, POOL * per_class, gen)
+    pool = torch.cat(pools)
+    x, y = x[pool], y[pool]
+    draw = _Draw(pools, per_class, gen)
     start = protos.detach()
     vec = torch.nn.Parameter(start.clone())
     opt = torch.optim.Adam([vec], lr=lr)
@@ -69,8 +79,9 @@ def adapt_prototypes(
         score = model.prototype_scorer(x)  # the anchors' share of the heads, once
         with torch.enable_grad():
             for _ in range(steps):
-                logits = score(F.normalize(vec, dim=-1), labels)
-                loss = F.cross_entropy(logits, y)
+                rows = draw()
+                logits = score(F.normalize(vec, dim=-1), labels, rows)
+                loss = F.cross_entropy(logits, y if rows is None else y[rows])
                 if pull > 0:
                     loss = loss + pull * ((vec - start) ** 2).sum(-1).mean()
                 opt.zero_grad(set_to_none=True)
@@ -83,10 +94,42 @@ def adapt_prototypes(
     return torch.where((labels >= 0).unsqueeze(-1), out, protos), labels
 
 
-def _first_per_class(labels: torch.Tensor, num_classes: int, per_class: int) -> torch.Tensor:
-    """Indices of at most ``per_class`` rows of each class (labels -1 dropped), in order."""
-    keep = []
+# A class's rows kept for drawing from, in multiples of per_class: bounds the cached head share
+# (POOL * per_class rows x head width per class) on a large bank.
+POOL = 16
+
+
+def _pools(
+    labels: torch.Tensor, num_classes: int, cap: int, gen: torch.Generator
+) -> list[torch.Tensor]:
+    """Each class's row indices (labels -1 dropped), a random ``cap`` of them when it has more."""
+    pools = []
     for c in range(num_classes):
         rows = torch.nonzero(labels == c).flatten()
-        keep.append(rows[:per_class])
-    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
+        if len(rows) > cap:
+            rows = rows[torch.randperm(len(rows), generator=gen)[:cap]].sort().values
+        pools.append(rows)
+    return pools
+
+
+class _Draw:
+    """Rows, as positions in the concatenated pools, of one adaptation step: all of a class that
+    has at most ``per_class`` rows, a fresh random ``per_class`` of a larger one. None when every
+    class fits: the same rows at every step."""
+
+    def __init__(self, pools: list[torch.Tensor], per_class: int, gen: torch.Generator) -> None:
+        sizes = [len(p) for p in pools]
+        self.starts = torch.tensor([0, *sizes]).cumsum(0)[:-1].tolist()
+        self.sizes, self.per_class, self.gen = sizes, per_class, gen
+        self.fixed = all(n <= per_class for n in sizes)
+
+    def __call__(self) -> torch.Tensor | None:
+        if self.fixed:
+            return None
+        parts = []
+        for start, n in zip(self.starts, self.sizes, strict=True):
+            if n <= self.per_class:
+                parts.append(torch.arange(start, start + n))
+            else:
+                parts.append(start + torch.randperm(n, generator=self.gen)[: self.per_class])
+        return torch.cat(parts)

@@ -124,23 +124,24 @@ class SiameseNet(nn.Module):
         labels = proto_labels.expand(len(tests), -1) if proto_labels.dim() == 1 else proto_labels
         return self.consensus_head(h1, h2, labels, labels.shape[-1]), (h1, h2)
 
-    def prototype_scorer(
-        self, tests: torch.Tensor
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``score(protos (C, D), proto_labels (C,)) -> (B, C)``: the consensus logits of
-        :meth:`prototype_logits` against the fixed ``tests (B, D)``, whose share of both heads
-        (the concatenated head's test half, the Hadamard head's weighted test) is computed once
-        here, without gradient: what adapting prototypes needs, scoring the same anchors at every
-        step while only the prototypes move."""
+    def prototype_scorer(self, tests: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """``score(protos (C, D), proto_labels (C,), rows=None) -> (B, C)``: the consensus logits
+        of :meth:`prototype_logits` against the fixed ``tests (B, D)`` (or the ``rows`` of them),
+        whose share of both heads (the concatenated head's test half, the Hadamard head's
+        weighted test) is computed once here, without gradient: what adapting prototypes needs,
+        scoring the same anchors at every step while only the prototypes move."""
         with torch.no_grad():
             zt = self.head_concat.test_part(tests).unsqueeze(1)  # (B, 1, H)
             wt = tests * self.head_hadamard.linear.weight[0]  # (B, D)
         bias = self.head_hadamard.linear.bias
 
-        def score(protos: torch.Tensor, proto_labels: torch.Tensor) -> torch.Tensor:
-            l1 = self.head_concat.finish(self.head_concat.anchor_part(protos).unsqueeze(0) + zt)
-            l2 = wt @ protos.T + bias
-            labels = proto_labels.expand(len(wt), -1)
+        def score(
+            protos: torch.Tensor, proto_labels: torch.Tensor, rows: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            z, w = (zt, wt) if rows is None else (zt[rows], wt[rows])
+            l1 = self.head_concat.finish(self.head_concat.anchor_part(protos).unsqueeze(0) + z)
+            l2 = w @ protos.T + bias
+            labels = proto_labels.expand(len(w), -1)
             return self.consensus_head(torch.sigmoid(l1), torch.sigmoid(l2), labels, len(protos))
 
         return score
