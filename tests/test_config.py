@@ -51,6 +51,7 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
         ("train.epochs=0", "train.epochs=0 must be >= 1"),
         ("model.tau_init=0", "model.tau_init=0.0 must be > 0"),
         ("bank.top_m=-3", "bank.top_m=-3 must be >= 0"),
+        ("bank.adapt_lr=0", "bank.adapt_lr=0.0 must be > 0"),
     ],
 )
 def test_bad_values_name_the_key(override: str, match: str) -> None:

@@ -161,6 +161,12 @@ def test_fewshot_eval_on_real_images(tmp_path) -> None:
     views = fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_on="views", **kw)
     mean = fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_on="mean", **kw)
     assert views["adapt_on"] == "views" and mean["adapt_on"] == "mean"
+    assert views["adapt_lr"] == cfg.bank.adapt_lr
+    assert (
+        fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_lr=0.01, **kw)["adapt_lr"] == 0.01
+    )
+    with pytest.raises(ValueError, match="adapt_lr=0"):
+        fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_lr=0, **kw)
     for m in ("prototype", "nn1"):  # the same embeddings: the TTA mean of the same views
         assert views["results"][m] == mean["results"][m]
     with pytest.raises(ValueError, match="adapt_on='sideways'"):
@@ -195,6 +201,12 @@ def test_adapting_on_the_support_views() -> None:
     protos = adapt_prototypes(model, s, lab, 3, steps=30, views=vw[ep.support])
     g, _, _ = model.anchor_consensus(s, lab, q, 3, prototypes=protos)
     assert got.tolist() == g.argmax(1).tolist()
+    # adapt_lr: the same steps at another Adam learning rate
+    got = episode_predictions(model, emb, ep, 3, adapt_steps=30, views=vw, adapt_lr=0.3)
+    protos_fast = adapt_prototypes(model, s, lab, 3, steps=30, lr=0.3, views=vw[ep.support])
+    assert not torch.allclose(protos_fast[0], protos[0], atol=1e-3)
+    g, _, _ = model.anchor_consensus(s, lab, q, 3, prototypes=protos_fast)
+    assert got["siamese"].tolist() == g.argmax(1).tolist()
     on_views = fewshot_evaluate(
         model, emb.numpy(), LABELS, 3, [2], 3, episodes=4, adapt_steps=30, views=views
     )

@@ -178,11 +178,21 @@ def siamese_section(
     samples, y_fs, names = fs
     x_fs, v_fs, _ = embed_paths_and_views(model, paths(samples), bs, tta=tta, views=True)
     steps = cfg.bank.adapt_steps if model.uses_prototypes else 0
-    few = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names, adapt_steps=steps)
+    lr = cfg.bank.adapt_lr
+    few = fewshot_evaluate(
+        model, x_fs, y_fs, **FEWSHOT, class_names=names, adapt_steps=steps, adapt_lr=lr
+    )
     results = few["results"]
     if steps > 0:  # adapted on the support's views / on its means, and not adapted at all
         views = fewshot_evaluate(
-            model, x_fs, y_fs, **FEWSHOT, class_names=names, adapt_steps=steps, views=v_fs
+            model,
+            x_fs,
+            y_fs,
+            **FEWSHOT,
+            class_names=names,
+            adapt_steps=steps,
+            views=v_fs,
+            adapt_lr=lr,
         )["results"]["siamese"]
         results["siamese (adapted on means)"] = results["siamese"]
         results["siamese (adapted on views)"] = views

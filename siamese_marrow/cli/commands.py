@@ -221,6 +221,7 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
         centre=args.centre,
         adapt_steps=args.adapt_steps,
         adapt_on=args.adapt_on,
+        adapt_lr=args.adapt_lr,
     )
     if args.json:
         from ..utils import atomic_write_json

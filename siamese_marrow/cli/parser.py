@@ -226,6 +226,12 @@ def _add_fewshot_eval(sub: Any) -> None:
         help="adapt the prototypes on each support image's embedding or on its 8 dihedral views "
         "(default: the run's bank.adapt_on)",
     )
+    p.add_argument(
+        "--adapt-lr",
+        type=arg_number(float, 0, low_strict=True),
+        default=None,
+        help="the Adam learning rate of those steps (default: the run's bank.adapt_lr)",
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fewshot_eval)

@@ -286,6 +286,7 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "per_class_k": (0, False),
         "abstain_below": (0, False),
         "adapt_steps": (0, False),
+        "adapt_lr": (0, True),
         "target_recall": (0, True),
         "rechoose_factor": (1, True),
         "stream_batch": (1, False),

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import BankConfig
 from ..data.datasets import class_list, load_samples
 from ..errors import DataError
 from ..models import SiameseNet
@@ -134,12 +135,14 @@ def episode_predictions(
     centre: bool = False,
     adapt_steps: int = 0,
     views: torch.Tensor | None = None,
+    adapt_lr: float = BankConfig.adapt_lr,
 ) -> dict[str, torch.Tensor]:
     """Predicted episode labels ``(N*Q,)`` of each method; ``embeddings (N_all, D)`` unit-norm.
     Without a model only the prototype and 1-NN baselines; ``centre``: every method on the
     embeddings centred on the episode's support mean (:func:`centre_on`); ``adapt_steps``: with
     prototype aggregation, the consensus over prototypes adapted to the support set (over the
-    support's dihedral views ``views (N_all, 8, D)`` when given: ``bank.adapt_on=views``)."""
+    support's dihedral views ``views (N_all, 8, D)`` when given: ``bank.adapt_on=views``) at the
+    Adam learning rate ``adapt_lr``."""
     device = embeddings.device
     sup = torch.from_numpy(ep.support).to(device)
     s = embeddings[sup]  # (S, D)
@@ -161,7 +164,9 @@ def episode_predictions(
     if model is not None:
         adapted = None
         if model.uses_prototypes and adapt_steps > 0:
-            adapted = adapt_prototypes(model, s, s_lab, n_way, steps=adapt_steps, views=s_views)
+            adapted = adapt_prototypes(
+                model, s, s_lab, n_way, steps=adapt_steps, lr=adapt_lr, views=s_views
+            )
         g, _, _ = model.anchor_consensus(s, s_lab, q, n_way, prototypes=adapted)  # (Q, N)
         out["siamese"] = g.argmax(1)
     return out
@@ -195,6 +200,7 @@ def fewshot_evaluate(
     centre: bool = False,
     adapt_steps: int = 0,
     views: np.ndarray | None = None,
+    adapt_lr: float = BankConfig.adapt_lr,
 ) -> dict[str, Any]:
     """Mean accuracy and 95% CI of each method for each K, on embeddings ``(N_all, D)``
     (``views (N_all, 8, D)``: the prototypes adapted on the support's views, see
@@ -220,7 +226,7 @@ def fewshot_evaluate(
     for k, sampler in samplers.items():
         accs: dict[str, list[float]] = {m: [] for m in methods}
         for ep in sampler:
-            preds = episode_predictions(model, emb, ep, n_way, centre, adapt_steps, vw)
+            preds = episode_predictions(model, emb, ep, n_way, centre, adapt_steps, vw, adapt_lr)
             truth = torch.from_numpy(ep.query_labels).to(device)
             for m in methods:
                 accs[m].append(float((preds[m] == truth).float().mean()))
@@ -235,6 +241,7 @@ def fewshot_evaluate(
         "seed": seed,
         "centre": centre,
         "adapt_steps": adapt_steps,
+        "adapt_lr": adapt_lr,
         "adapt_on": "views" if views is not None else "mean",
         "results": results,
     }
@@ -259,13 +266,15 @@ def fewshot_eval(
     centre: bool = False,
     adapt_steps: int | None = None,
     adapt_on: str | None = None,
+    adapt_lr: float | None = None,
 ) -> dict[str, Any]:
     """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones);
     ``tta``: each image embedded as the mean of its 8 dihedral views (default: the run's
     ``bank.tta``); ``centre``: embeddings centred on each episode's support mean;
     ``adapt_steps``: the consensus over prototypes adapted to each support set (default: the
     run's ``bank.adapt_steps``); ``adapt_on``: ``"mean"`` or ``"views"``, what they are adapted
-    on (default: the run's ``bank.adapt_on``).
+    on (default: the run's ``bank.adapt_on``); ``adapt_lr``: their Adam learning rate (default:
+    the run's ``bank.adapt_lr``).
 
     ``{"n_way", "episodes", "results": {"siamese"|"prototype"|"nn1": {"<K>": {"mean", "ci95"}}},
     ...}``; each image is embedded once and reused by every episode and method.
@@ -274,6 +283,9 @@ def fewshot_eval(
     tta = loaded.cfg.bank.tta if tta is None else tta
     adapt_steps = loaded.cfg.bank.adapt_steps if adapt_steps is None else adapt_steps
     adapt_on = loaded.cfg.bank.adapt_on if adapt_on is None else adapt_on
+    adapt_lr = loaded.cfg.bank.adapt_lr if adapt_lr is None else adapt_lr
+    if not adapt_lr > 0:
+        raise ValueError(f"adapt_lr={adapt_lr} must be > 0")
     if adapt_on not in ("mean", "views"):
         raise ValueError(f"adapt_on={adapt_on!r} is not one of mean, views")
     on_views = adapt_on == "views" and adapt_steps > 0 and loaded.model.uses_prototypes
@@ -307,6 +319,7 @@ def fewshot_eval(
         centre,
         adapt_steps,
         views,
+        adapt_lr,
     )
     out.update(
         {

@@ -150,6 +150,7 @@ def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | Non
         torch.from_numpy(bank.labels).to(device),
         len(bank.classes),
         steps=bank.bank_config.adapt_steps,
+        lr=bank.bank_config.adapt_lr,
         views=None if bank.views is None else torch.from_numpy(bank.views).to(device),
     )
 

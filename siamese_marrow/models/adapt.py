@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import BankConfig
 from .siamese import SiameseNet
 
 
@@ -35,7 +36,7 @@ def adapt_prototypes(
     anchor_labels: torch.Tensor,
     num_classes: int,
     steps: int = 100,
-    lr: float = 0.05,
+    lr: float = BankConfig.adapt_lr,
     pull: float = 0.0,
     per_class: int = 256,
     views: torch.Tensor | None = None,
