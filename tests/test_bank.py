@@ -423,19 +423,20 @@ def test_views_bank_keeps_each_anchors_views_through_add_remove_save_load(tmp_pa
     )
     assert not torch.allclose(protos, on_mean, atol=1e-4)
     # bank.adapt_lr is the Adam learning rate of those steps
-    b.bank_config.adapt_lr = 0.01
-    slow, _ = bank_prototypes(b)
-    want_slow, _ = adapt_prototypes(
+    default_lr = b.bank_config.adapt_lr
+    b.bank_config.adapt_lr = 0.1
+    fast, _ = bank_prototypes(b)
+    want_fast, _ = adapt_prototypes(
         loaded.model,
         torch.from_numpy(b.embeddings),
         torch.from_numpy(b.labels),
         3,
         steps=15,
-        lr=0.01,
+        lr=0.1,
         views=torch.from_numpy(b.views),
     )
-    assert torch.equal(slow, want_slow) and not torch.allclose(slow, protos, atol=1e-4)
-    b.bank_config.adapt_lr = 0.05
+    assert torch.equal(fast, want_fast) and not torch.allclose(fast, protos, atol=1e-4)
+    b.bank_config.adapt_lr = default_lr
 
     b.save(tmp_path / "bank")
     assert (tmp_path / "bank" / "views.npy").is_file()

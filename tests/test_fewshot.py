@@ -162,9 +162,7 @@ def test_fewshot_eval_on_real_images(tmp_path) -> None:
     mean = fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_on="mean", **kw)
     assert views["adapt_on"] == "views" and mean["adapt_on"] == "mean"
     assert views["adapt_lr"] == cfg.bank.adapt_lr
-    assert (
-        fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_lr=0.01, **kw)["adapt_lr"] == 0.01
-    )
+    assert fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_lr=0.1, **kw)["adapt_lr"] == 0.1
     with pytest.raises(ValueError, match="adapt_lr=0"):
         fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_lr=0, **kw)
     for m in ("prototype", "nn1"):  # the same embeddings: the TTA mean of the same views
