@@ -247,6 +247,25 @@ def fewshot_evaluate(
     }
 
 
+def _bank_options(
+    bank: BankConfig,
+    tta: bool | None,
+    adapt_steps: int | None,
+    adapt_on: str | None,
+    adapt_lr: float | None,
+) -> tuple[bool, int, str, float]:
+    """The few-shot options, each ``None`` replaced by the run's ``bank`` setting, checked."""
+    tta = bank.tta if tta is None else tta
+    adapt_steps = bank.adapt_steps if adapt_steps is None else adapt_steps
+    adapt_on = bank.adapt_on if adapt_on is None else adapt_on
+    adapt_lr = bank.adapt_lr if adapt_lr is None else adapt_lr
+    if not adapt_lr > 0:
+        raise ValueError(f"adapt_lr={adapt_lr} must be > 0")
+    if adapt_on not in ("mean", "views"):
+        raise ValueError(f"adapt_on={adapt_on!r} is not one of mean, views")
+    return tta, adapt_steps, adapt_on, adapt_lr
+
+
 def fewshot_eval(
     run: str | Path,
     data: str | Path,
@@ -268,26 +287,20 @@ def fewshot_eval(
     adapt_on: str | None = None,
     adapt_lr: float | None = None,
 ) -> dict[str, Any]:
-    """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones);
-    ``tta``: each image embedded as the mean of its 8 dihedral views (default: the run's
-    ``bank.tta``); ``centre``: embeddings centred on each episode's support mean;
-    ``adapt_steps``: the consensus over prototypes adapted to each support set (default: the
-    run's ``bank.adapt_steps``); ``adapt_on``: ``"mean"`` or ``"views"``, what they are adapted
-    on (default: the run's ``bank.adapt_on``); ``adapt_lr``: their Adam learning rate (default:
-    the run's ``bank.adapt_lr``).
+    """Few-shot accuracy of the run's model on the classes of ``data`` (often unseen ones).
+    Each of these defaults to the run's ``bank`` setting of the same name: ``tta``, each image
+    embedded as the mean of its 8 dihedral views; ``adapt_steps``, the consensus over
+    prototypes adapted to each support set; ``adapt_on``, ``"mean"`` or ``"views"``, what they
+    are adapted on; ``adapt_lr``, their Adam learning rate. ``centre``: embeddings centred on
+    each episode's support mean.
 
     ``{"n_way", "episodes", "results": {"siamese"|"prototype"|"nn1": {"<K>": {"mean", "ci95"}}},
     ...}``; each image is embedded once and reused by every episode and method.
     """
     loaded = load_run(run, checkpoint, device=device)
-    tta = loaded.cfg.bank.tta if tta is None else tta
-    adapt_steps = loaded.cfg.bank.adapt_steps if adapt_steps is None else adapt_steps
-    adapt_on = loaded.cfg.bank.adapt_on if adapt_on is None else adapt_on
-    adapt_lr = loaded.cfg.bank.adapt_lr if adapt_lr is None else adapt_lr
-    if not adapt_lr > 0:
-        raise ValueError(f"adapt_lr={adapt_lr} must be > 0")
-    if adapt_on not in ("mean", "views"):
-        raise ValueError(f"adapt_on={adapt_on!r} is not one of mean, views")
+    tta, adapt_steps, adapt_on, adapt_lr = _bank_options(
+        loaded.cfg.bank, tta, adapt_steps, adapt_on, adapt_lr
+    )
     on_views = adapt_on == "views" and adapt_steps > 0 and loaded.model.uses_prototypes
     samples = load_samples(data, classes)
     names = class_list(samples)
