@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..config.bank import ADAPT_ON
 from ..utils import arg_count, arg_int_list, arg_number, arg_probability, arg_seed, arg_workers
 from .commands import (
     cmd_bank,
@@ -108,7 +109,7 @@ def _add_bank(sub: Any) -> None:
     )
     b.add_argument(
         "--adapt-on",
-        choices=("mean", "views"),
+        choices=ADAPT_ON,
         default=None,
         help="adapt the prototypes on each anchor's embedding or on its 8 dihedral views; views "
         "keeps them in the bank (default: the run's bank.adapt_on)",
@@ -221,7 +222,7 @@ def _add_fewshot_eval(sub: Any) -> None:
     )
     p.add_argument(
         "--adapt-on",
-        choices=("mean", "views"),
+        choices=ADAPT_ON,
         default=None,
         help="adapt the prototypes on each support image's embedding or on its 8 dihedral views "
         "(default: the run's bank.adapt_on)",

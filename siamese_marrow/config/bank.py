@@ -33,6 +33,10 @@ def _choices(*values: str, default: str) -> Any:
     return field(default=default, metadata={"choices": values})
 
 
+#: What bank.adapt_on may be: the prototypes adapt on each anchor's embedding, or on its 8 views.
+ADAPT_ON = ("mean", "views")
+
+
 @dataclass
 class BankConfig:
     """The FAISS anchor bank and consensus classification."""
@@ -84,7 +88,7 @@ class BankConfig:
     # bank.tta) or its 8 dihedral views ("views": 8x the examples for a 1-shot class; the bank
     # then keeps every anchor's 8 view embeddings, views.npy, 4x the memory of float32
     # embeddings at float16).
-    adapt_on: str = _choices("mean", "views", default="mean")
+    adapt_on: str = _choices(*ADAPT_ON, default="mean")
     # classify: images embedded and classified at a time, so a large set of query images never
     # sits in memory at once.
     stream_batch: int = 2048

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import BankConfig
+from ..config.bank import ADAPT_ON
 from ..data.datasets import class_list, load_samples
 from ..errors import DataError
 from ..models import SiameseNet
@@ -261,8 +262,8 @@ def _bank_options(
     adapt_lr = bank.adapt_lr if adapt_lr is None else adapt_lr
     if not adapt_lr > 0:
         raise ValueError(f"adapt_lr={adapt_lr} must be > 0")
-    if adapt_on not in ("mean", "views"):
-        raise ValueError(f"adapt_on={adapt_on!r} is not one of mean, views")
+    if adapt_on not in ADAPT_ON:
+        raise ValueError(f"adapt_on={adapt_on!r} is not one of {', '.join(ADAPT_ON)}")
     return tta, adapt_steps, adapt_on, adapt_lr
 
 
