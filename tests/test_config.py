@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from siamese_marrow.config import Config, load_config, save_config
+from siamese_marrow.config import BankConfig, Config, load_config, overridden, save_config
 from siamese_marrow.errors import ConfigError
 from siamese_marrow.utils import brief
 
@@ -179,3 +179,22 @@ def test_range_edges_accepted() -> None:
     assert load_config(None, ["model.img_size=0"]).model.img_size == 0
     with pytest.raises(ConfigError, match="scale_min=0.9 is above scale_max=0.5"):
         load_config(None, ["augment.scale_min=0.9", "augment.scale_max=0.5"])
+
+
+def test_overridden_applies_a_sections_values_through_its_checks() -> None:
+    bank = BankConfig(adapt_steps=300, adapt_on="views")
+    out = overridden(bank, "bank", adapt_on="mean", adapt_lr=0.2, tta=None)
+    assert (out.adapt_on, out.adapt_lr, out.adapt_steps) == ("mean", 0.2, 300)
+    assert out.tta == bank.tta  # None keeps the section's own value
+    assert (bank.adapt_on, bank.adapt_lr) == ("views", BankConfig.adapt_lr)  # the input is kept
+    refusals = {
+        "adapt_on": ("sideways", "bank.adapt_on: 'sideways' is not one of mean, views"),
+        "adapt_lr": (0, r"bank\.adapt_lr=0\.0 must be > 0"),
+        "adapt_steps": (-1, r"bank\.adapt_steps=-1 must be >= 0"),
+        "embeddings": ("float8", "bank.embeddings: 'float8' is not one of auto, float32"),
+        "nope": (1, "unknown config key 'bank.nope'"),
+    }
+    for key, (value, match) in refusals.items():
+        with pytest.raises(ConfigError, match=match):
+            overridden(bank, "bank", **{key: value})
+        assert bank.adapt_on == "views" and bank.adapt_steps == 300

@@ -17,7 +17,7 @@ from siamese_marrow.engine.fewshot import (
     fewshot_evaluate,
     mean_ci,
 )
-from siamese_marrow.errors import DataError
+from siamese_marrow.errors import ConfigError, DataError
 from siamese_marrow.models import build_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -163,11 +163,13 @@ def test_fewshot_eval_on_real_images(tmp_path) -> None:
     assert views["adapt_on"] == "views" and mean["adapt_on"] == "mean"
     assert views["adapt_lr"] == cfg.bank.adapt_lr
     assert fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_lr=0.1, **kw)["adapt_lr"] == 0.1
-    with pytest.raises(ValueError, match="adapt_lr=0"):
+    with pytest.raises(ConfigError, match=r"bank\.adapt_lr=0\.0 must be > 0"):
         fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_lr=0, **kw)
+    with pytest.raises(ConfigError, match=r"bank\.adapt_steps=-1 must be >= 0"):
+        fewshot_eval(tmp_path / "proto", data, 3, [2], 3, **{**kw, "adapt_steps": -1})
     for m in ("prototype", "nn1"):  # the same embeddings: the TTA mean of the same views
         assert views["results"][m] == mean["results"][m]
-    with pytest.raises(ValueError, match="adapt_on='sideways'"):
+    with pytest.raises(ConfigError, match="bank.adapt_on: 'sideways' is not one of mean, views"):
         fewshot_eval(tmp_path / "proto", data, 3, [2], 3, adapt_on="sideways", **kw)
 
 

@@ -18,7 +18,8 @@ from test_bank import make_run
 
 from siamese_marrow import cli as cli_module
 from siamese_marrow.data.datasets import load_samples
-from siamese_marrow.errors import DataError
+from siamese_marrow.engine.banks import bank_build
+from siamese_marrow.errors import ConfigError, DataError
 
 TRAIN = [
     *TINY_MODEL,
@@ -151,6 +152,19 @@ def test_bank_build_refuses_to_replace_a_bank_unless_forced(
     assert json.loads((bank / "manifest.json").read_text())["classes"]["NEW"] == 3  # kept
     assert cli(*build, "--quiet", "--force").returncode == 0
     assert "NEW" not in json.loads((bank / "manifest.json").read_text())["classes"]
+
+
+def test_bank_build_checks_its_overrides_as_config_keys(
+    run_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    bank = tmp_path / "bank"
+    build = ("bank", "build", "--run", str(run_dir), "--data", str(data), "--out", str(bank))
+    assert cli(*build, "--quiet").returncode == 0
+    before = (bank / "manifest.json").read_bytes()
+    # a Python caller has no argparse choices: the override is checked as bank.adapt_on would be
+    with pytest.raises(ConfigError, match="bank.adapt_on: 'sideways' is not one of mean, views"):
+        bank_build(run_dir, data, bank, progress=False, force=True, adapt_on="sideways")
+    assert (bank / "manifest.json").read_bytes() == before  # the bank there is kept
 
 
 def test_outputs_never_overwrite_an_input_or_anchor(

@@ -7,6 +7,7 @@ raise :class:`~siamese_marrow.errors.ConfigError` naming the key and what is all
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -23,6 +24,7 @@ from ..utils import brief, coerce_value, load_yaml
 from .bank import BankConfig, parse_size
 
 FREEZE_PATTERN = re.compile(r"^(none|all|last-\d+)$")
+_Section = typing.TypeVar("_Section")
 
 
 def _choices(*values: str, default: str) -> Any:
@@ -230,6 +232,17 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{name}: {brief(value)} is not one of {', '.join(choices)}")
         setattr(obj, key, value)
     _validate(obj, where)
+
+
+def overridden(section: _Section, where: str, **values: Any) -> _Section:
+    """A copy of one config section (e.g. a run's ``BankConfig``) with ``values`` applied through
+    the same checks a YAML file or ``--set`` gets: the choices, the types and the bounds, each
+    error naming ``where.key`` and what is allowed. A value of None keeps the section's own.
+    ``section`` itself is left as it was, also when a value is refused."""
+    given = {k: v for k, v in values.items() if v is not None}
+    out = copy.deepcopy(section)
+    _apply(out, given, where)
+    return out
 
 
 #: Lowest allowed value of numeric fields: (bound, strict). Fields not listed accept any value.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import overridden
 from ..data.datasets import expand_images, load_samples
 from ..index.bank import AnchorBank
 from ..index.bankfiles import check_target, read_manifest
@@ -84,10 +85,7 @@ def bank_build(
     with writer_lock(out) if main else contextlib.nullcontext(Path(out).absolute()) as target:
         on_main(lambda: check_target(target, replace=force))
         loaded = load_run(run, checkpoint, device=device)
-        if tta is not None:
-            loaded.cfg.bank.tta = tta
-        if adapt_on is not None:
-            loaded.cfg.bank.adapt_on = adapt_on
+        loaded.cfg.bank = overridden(loaded.cfg.bank, "bank", tta=tta, adapt_on=adapt_on)
         samples = load_samples(data, classes)
         t = time.perf_counter()
         bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)

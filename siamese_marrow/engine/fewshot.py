@@ -25,8 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import BankConfig
-from ..config.bank import ADAPT_ON
+from ..config import BankConfig, overridden
 from ..data.datasets import class_list, load_samples
 from ..errors import DataError
 from ..models import SiameseNet
@@ -255,16 +254,12 @@ def _bank_options(
     adapt_on: str | None,
     adapt_lr: float | None,
 ) -> tuple[bool, int, str, float]:
-    """The few-shot options, each ``None`` replaced by the run's ``bank`` setting, checked."""
-    tta = bank.tta if tta is None else tta
-    adapt_steps = bank.adapt_steps if adapt_steps is None else adapt_steps
-    adapt_on = bank.adapt_on if adapt_on is None else adapt_on
-    adapt_lr = bank.adapt_lr if adapt_lr is None else adapt_lr
-    if not adapt_lr > 0:
-        raise ValueError(f"adapt_lr={adapt_lr} must be > 0")
-    if adapt_on not in ADAPT_ON:
-        raise ValueError(f"adapt_on={adapt_on!r} is not one of {', '.join(ADAPT_ON)}")
-    return tta, adapt_steps, adapt_on, adapt_lr
+    """The few-shot options, each ``None`` replaced by the run's ``bank`` setting, checked as a
+    config file's ``bank.*`` keys are."""
+    bank = overridden(
+        bank, "bank", tta=tta, adapt_steps=adapt_steps, adapt_on=adapt_on, adapt_lr=adapt_lr
+    )
+    return bank.tta, bank.adapt_steps, bank.adapt_on, bank.adapt_lr
 
 
 def fewshot_eval(
