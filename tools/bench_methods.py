@@ -15,6 +15,10 @@ the last epoch) and, all trained on the same training images:
   reported beside the siamese one), and prototypes / 1-NN on its features;
 - the frozen pretrained features with logistic regression (the probe).
 
+Every closed-set method is also paired with the shipped consensus image by image on the same test
+images (``engine.metrics.paired_counts``): how many only the consensus gets right, how many only
+the method, and the exact McNemar p of those counts, per seed and summed over the seeds.
+
 Few-shot on unseen classes (``--fewshot``, default ``../shared/data/pbc8``): N-way K-shot
 episodes (``engine.fewshot``; the same seeded episodes for every method and model): the siamese
 consensus, prototypes and 1-NN on the siamese embedding, and prototypes on the softmax and frozen
@@ -52,8 +56,13 @@ from siamese_marrow.config import Config, load_config
 from siamese_marrow.data.datasets import Sample, class_list, load_samples
 from siamese_marrow.data.prepare import PreparedData, prepare_data, synth_dir_of
 from siamese_marrow.engine.fewshot import fewshot_evaluate
-from siamese_marrow.engine.metrics import classification_metrics, headline
-from siamese_marrow.engine.probe import knn_classify, logistic_probe, prototype_classify
+from siamese_marrow.engine.metrics import (
+    classification_metrics,
+    headline,
+    mcnemar,
+    paired_counts,
+)
+from siamese_marrow.engine.probe import knn_predict, logistic_predict, prototype_predict
 from siamese_marrow.engine.softmax import softmax_predict, train_softmax
 from siamese_marrow.engine.train import train
 from siamese_marrow.index import AnchorBank, classify
@@ -62,6 +71,7 @@ from siamese_marrow.models.checkpoint import load_run
 from siamese_marrow.models.embed import embed_paths, embed_paths_and_views
 
 AGGREGATES = ("topk", "mean", "max", "proto")
+SHIPPED = "consensus (classify, shipped settings)"
 
 
 def say(msg: str) -> None:
@@ -128,25 +138,38 @@ class _Same(torch.nn.Module):
         return self.head(fa, ft)
 
 
-def consensus_rows(
-    model: SiameseNet, x_a: np.ndarray, y_a: np.ndarray, x_t: np.ndarray, y_t: np.ndarray, classes
-) -> dict[str, dict[str, Any]]:
-    """The exact consensus over every anchor, per gate set and aggregation."""
+def consensus_preds(
+    model: SiameseNet, x_a: np.ndarray, y_a: np.ndarray, x_t: np.ndarray, classes
+) -> dict[str, np.ndarray]:
+    """The predictions of the exact consensus over every anchor, per gate set and aggregation."""
     out = {}
     a, ya, t = (torch.from_numpy(v) for v in (x_a, y_a, x_t))
     for agg in AGGREGATES:
         for gates in ("h1+h2", "h1", "h2"):
             view = with_gates(model, gates, agg)
             g, _, _ = view.anchor_consensus(a, ya, t, len(classes))
-            out[f"consensus {gates} {agg}"] = headline(
-                classification_metrics(y_t, g.argmax(1).numpy(), classes)
-            )
+            out[f"consensus {gates} {agg}"] = g.argmax(1).numpy()
     return out
+
+
+def embedding_preds(
+    x_a: np.ndarray, y_a: np.ndarray, x_t: np.ndarray, n_classes: int, seed: int, prefix: str = ""
+) -> dict[str, np.ndarray]:
+    """Predictions of the simple methods on one embedding: prototypes, 1-NN, kNN-10 and
+    logistic regression."""
+    return {
+        f"{prefix}prototypes": prototype_predict(x_a, y_a, x_t, n_classes),
+        f"{prefix}1-NN": knn_predict(x_a, y_a, x_t, k=1),
+        f"{prefix}kNN-10": knn_predict(x_a, y_a, x_t, k=10),
+        f"{prefix}logistic regression": logistic_predict(x_a, y_a, x_t, seed),
+    }
 
 
 def siamese_section(
     cfg: Config, run: Path, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Test-split predictions of the consensus and of the simple methods on its embedding, and
+    the few-shot results."""
     loaded = load_run(run)
     # the bank settings benchmarked are this config's: a run kept by --reuse may have been
     # trained under other ones (they do not change training)
@@ -157,24 +180,14 @@ def siamese_section(
     on_views = cfg.bank.adapt_on == "views"
     x_a, v_a, _ = embed_paths_and_views(model, paths(data.train), bs, tta=tta, views=on_views)
     x_t, _ = embed_paths(model, paths(data.test), bs, tta=tta)
-    y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
+    y_a = labels_of(data.train, data.classes)
     bank = AnchorBank(loaded)
     bank.add_embeddings(x_a, paths(data.train), [s.label for s in data.train], views=v_a)
     result = classify(bank, x_t)
     lookup = {c: i for i, c in enumerate(data.classes)}
-    pred = np.array([lookup.get(p, -1) for p in result.predictions])
-    rows = {
-        "consensus (classify, shipped settings)": headline(
-            classification_metrics(y_t, pred, data.classes)
-        )
-    }
-    rows |= consensus_rows(model, x_a, y_a, x_t, y_t, data.classes)
-    rows["prototypes"] = headline(prototype_classify(x_a, y_a, x_t, y_t, data.classes))
-    rows["1-NN"] = headline(knn_classify(x_a, y_a, x_t, y_t, data.classes, k=1))
-    rows["kNN-10"] = headline(knn_classify(x_a, y_a, x_t, y_t, data.classes, k=10))
-    rows["logistic regression"] = headline(
-        logistic_probe(x_a, y_a, x_t, y_t, data.classes, cfg.train.seed)
-    )
+    preds = {SHIPPED: np.array([lookup.get(p, -1) for p in result.predictions])}
+    preds |= consensus_preds(model, x_a, y_a, x_t, data.classes)
+    preds |= embedding_preds(x_a, y_a, x_t, len(data.classes), cfg.train.seed)
     samples, y_fs, names = fs
     x_fs, v_fs, _ = embed_paths_and_views(model, paths(samples), bs, tta=tta, views=True)
     steps = cfg.bank.adapt_steps if model.uses_prototypes else 0
@@ -200,53 +213,52 @@ def siamese_section(
             results["siamese"] = views
         plain = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names)
         results["siamese (no adaptation)"] = plain["results"]["siamese"]
-    return rows, results
+    return preds, results
 
 
 def softmax_section(
     cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """Test-split predictions of the softmax classifier and of the simple methods on its
+    features, its few-shot results and its training figures."""
     t = time.perf_counter()
     net, info = train_softmax(cfg, data)
     info["train_s"] = round(time.perf_counter() - t, 1)
     tta = cfg.bank.tta
-    y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
+    y_a = labels_of(data.train, data.classes)
     pred, x_t = softmax_predict(net, data.test, tta=tta, classes=data.classes)
     _, x_a = softmax_predict(net, data.train, tta=tta, classes=data.classes)
-    rows = {
-        "softmax classifier": headline(classification_metrics(y_t, pred, data.classes)),
-        "softmax features: prototypes": headline(
-            prototype_classify(x_a, y_a, x_t, y_t, data.classes)
-        ),
-        "softmax features: 1-NN": headline(knn_classify(x_a, y_a, x_t, y_t, data.classes, k=1)),
-    }
+    preds = {"softmax classifier": np.asarray(pred)}
+    preds |= embedding_preds(
+        x_a, y_a, x_t, len(data.classes), cfg.train.seed, prefix="softmax features: "
+    )
     samples, y_fs, names = fs
     _, x_fs = softmax_predict(net, samples, tta=tta, classes=names)
     few = fewshot_evaluate(None, x_fs, y_fs, **FEWSHOT, class_names=names)
-    return rows, few["results"], info
+    return preds, few["results"], info
 
 
 def frozen_section(
     cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Test-split predictions of the simple methods on the frozen pretrained features, and
+    their few-shot results."""
     mc = cfg.model
     bb = create_backbone(mc.backbone, mc.pretrained, embed_dim=0, img_size=mc.img_size).eval()
     tta, bs = cfg.bank.tta, cfg.train.eval_batch_size
     x_a, _ = embed_paths(bb, paths(data.train), bs, tta=tta)
     x_t, _ = embed_paths(bb, paths(data.test), bs, tta=tta)
-    y_a, y_t = labels_of(data.train, data.classes), labels_of(data.test, data.classes)
-    rows = {
-        "frozen features: logistic regression (probe)": headline(
-            logistic_probe(x_a, y_a, x_t, y_t, data.classes, cfg.train.seed)
+    y_a = labels_of(data.train, data.classes)
+    preds = {
+        "frozen features: logistic regression (probe)": logistic_predict(
+            x_a, y_a, x_t, cfg.train.seed
         ),
-        "frozen features: prototypes": headline(
-            prototype_classify(x_a, y_a, x_t, y_t, data.classes)
-        ),
+        "frozen features: prototypes": prototype_predict(x_a, y_a, x_t, len(data.classes)),
     }
     samples, y_fs, names = fs
     x_fs, _ = embed_paths(bb, paths(samples), bs, tta=tta)
     few = fewshot_evaluate(None, x_fs, y_fs, **FEWSHOT, class_names=names)
-    return rows, few["results"]
+    return preds, few["results"]
 
 
 FEWSHOT: dict[str, Any] = {}
@@ -264,27 +276,40 @@ def run_seed(args: argparse.Namespace, seed: int, fs) -> dict[str, Any]:  # noqa
     summary = json.loads((run / "summary.json").read_text())
     data = prepare_data(cfg.data, synth_dir=synth_dir_of(run))
     say(f"seed {seed}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test")
-    rows, few = siamese_section(cfg, run, data, fs)
+    preds, few = siamese_section(cfg, run, data, fs)
     out: dict[str, Any] = {
         "seed": seed,
         "n_train": len(data.train),
         "n_test": len(data.test),
         "siamese_train_s": summary.get("wall_seconds"),
         "siamese_loop_s": sum(r["train_seconds"] for r in _metrics(run)),
-        "rows": rows,
         "fewshot": {"siamese embedding": few},
     }
     if not args.skip_softmax:
         say(f"seed {seed}: training the softmax baseline")
-        srows, sfew, info = softmax_section(cfg, data, fs)
-        out["rows"] |= srows
+        spreds, sfew, info = softmax_section(cfg, data, fs)
+        preds |= spreds
         out["fewshot"]["softmax features"] = sfew
         out["softmax"] = info
-    frows, ffew = frozen_section(cfg, data, fs)
-    out["rows"] |= frows
+    fpreds, ffew = frozen_section(cfg, data, fs)
+    preds |= fpreds
     out["fewshot"]["frozen features"] = ffew
+    y_t = labels_of(data.test, data.classes)
+    out["rows"] = {
+        name: headline(classification_metrics(y_t, p, data.classes)) for name, p in preds.items()
+    }
+    out["paired"] = paired_with_shipped(y_t, preds)
     out["seconds"] = round(time.perf_counter() - t, 1)
     return out
+
+
+def paired_with_shipped(y_t: np.ndarray, preds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Every other method against the shipped consensus on the same test images: how many only
+    the consensus gets right (``a_only``), how many only the method (``b_only``), exact McNemar
+    p."""
+    return {
+        name: paired_counts(y_t, preds[SHIPPED], p) for name, p in preds.items() if name != SHIPPED
+    }
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
@@ -311,7 +336,21 @@ def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                     "mean": float(np.mean(means)),
                     "ci95": ci,
                 }
-    return {"closed_set": table, "fewshot": few}
+    return {"closed_set": table, "fewshot": few, "paired": pool_paired(per_seed)}
+
+
+def pool_paired(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The paired counts of all seeds summed per method, tested once (None when a seed's results
+    predate the paired counts). The seeds' test splits are drawn from one image set and may share
+    images, so the pooled p treats overlapping draws as independent: a guide, not an exact p."""
+    if not all("paired" in s for s in per_seed):
+        return None
+    pooled = {}
+    for name in per_seed[0]["paired"]:
+        a = sum(s["paired"][name]["a_only"] for s in per_seed)
+        b = sum(s["paired"][name]["b_only"] for s in per_seed)
+        pooled[name] = mcnemar(a, b)
+    return pooled
 
 
 def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
@@ -343,7 +382,24 @@ def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
             + " | ".join(f"{v[k]['mean']:.3f} +- {v[k]['ci95']:.3f}" for k in shots)
             + " |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + paired_markdown(combined.get("paired")))
+
+
+def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
+    """The paired table: each method against the shipped consensus, image by image."""
+    if paired is None:
+        return ["", "(no paired counts: a seed's results were written before they were kept)"]
+    lines = [
+        "",
+        f"Closed set, paired with the shipped consensus ({SHIPPED}) on the same test images, "
+        "counts summed over the seeds; p: exact McNemar, two-sided",
+        "",
+        "| method | only the consensus right | only the method right | p |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, m in sorted(paired.items(), key=lambda kv: kv[1]["a_only"] - kv[1]["b_only"]):
+        lines.append(f"| {name} | {m['a_only']} | {m['b_only']} | {m['p_value']:.3f} |")
+    return lines
 
 
 def combine_files(args: argparse.Namespace) -> int:

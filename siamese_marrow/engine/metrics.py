@@ -1,4 +1,5 @@
-"""Classification metrics for imbalanced data (scikit-learn computes them)."""
+"""Classification metrics for imbalanced data (scikit-learn computes them), and the paired test
+of two classifiers on the same images (scipy's exact binomial test)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -58,3 +60,35 @@ HEADLINE = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro")
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The four figures to report together on imbalanced data."""
     return {k: round(float(metrics[k]), 4) for k in HEADLINE}
+
+
+def paired_counts(
+    y_true: Sequence[int] | np.ndarray,
+    pred_a: Sequence[int] | np.ndarray,
+    pred_b: Sequence[int] | np.ndarray,
+) -> dict[str, Any]:
+    """Two classifiers' predictions on the same images, compared image by image: how many only
+    ``a`` gets right (``a_only``), how many only ``b`` (``b_only``), and the exact McNemar test of
+    those discordant counts (:func:`mcnemar`). The images both get right or both get wrong say
+    nothing about which is better and are left out, so on a small test split this separates a
+    real difference from noise where two accuracies alone cannot."""
+    y_true, pred_a, pred_b = (np.asarray(v, dtype=np.int64) for v in (y_true, pred_a, pred_b))
+    if not (y_true.shape == pred_a.shape == pred_b.shape) or y_true.ndim != 1:
+        raise ValueError(
+            f"paired_counts: labels {y_true.shape}, predictions {pred_a.shape} and "
+            f"{pred_b.shape}; expected one prediction of each classifier per image"
+        )
+    right_a, right_b = pred_a == y_true, pred_b == y_true
+    return mcnemar(int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum()))
+
+
+def mcnemar(a_only: int, b_only: int) -> dict[str, Any]:
+    """The exact (binomial) McNemar test of discordant counts: under "neither classifier is
+    better" each of the ``a_only + b_only`` discordant images is a fair coin. ``p_value``: its
+    two-sided p (1.0 with no discordant image). Counts of several test splits (seeds) are summed
+    first and tested once."""
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"mcnemar: counts {a_only}, {b_only} must be >= 0")
+    n = a_only + b_only
+    p = binomtest(a_only, n, 0.5).pvalue if n else 1.0
+    return {"a_only": int(a_only), "b_only": int(b_only), "p_value": float(p)}

@@ -1,5 +1,7 @@
 """Baselines on an embedding: a logistic-regression probe, k-nearest neighbours and the nearest
-class prototype (what the siamese consensus must beat on its own embedding)."""
+class prototype (what the siamese consensus must beat on its own embedding). Each ``*_predict``
+gives the predictions, for a paired comparison (``metrics.paired_counts``); each of the others
+their metrics."""
 
 from __future__ import annotations
 
@@ -24,12 +26,19 @@ def logistic_probe(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Standardised features -> multinomial logistic regression (class-balanced weights)."""
+    pred = logistic_predict(x_train, y_train, x_test, seed)
+    return classification_metrics(y_test, pred, classes)
+
+
+def logistic_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """The predictions ``(B,)`` of :func:`logistic_probe`."""
     clf = make_pipeline(
         StandardScaler(),
         LogisticRegression(max_iter=3000, C=0.5, class_weight="balanced", random_state=seed),
     )
-    clf.fit(x_train, y_train)
-    return classification_metrics(y_test, clf.predict(x_test), classes)
+    return clf.fit(x_train, y_train).predict(x_test)
 
 
 def knn_classify(
@@ -41,13 +50,19 @@ def knn_classify(
     k: int = 1,
 ) -> dict[str, Any]:
     """Cosine k-NN (distance-weighted for k > 1)."""
+    return classification_metrics(y_test, knn_predict(x_train, y_train, x_test, k), classes)
+
+
+def knn_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int = 1
+) -> np.ndarray:
+    """The predictions ``(B,)`` of :func:`knn_classify`."""
     clf = KNeighborsClassifier(
         n_neighbors=min(k, len(x_train)),
         metric="cosine",
         weights="distance" if k > 1 else "uniform",
     )
-    clf.fit(x_train, y_train)
-    return classification_metrics(y_test, clf.predict(x_test), classes)
+    return clf.fit(x_train, y_train).predict(x_test)
 
 
 def prototype_classify(
@@ -58,12 +73,20 @@ def prototype_classify(
     classes: Sequence[str],
 ) -> dict[str, Any]:
     """Nearest class mean by cosine (the renormalised mean of each class's unit-norm rows)."""
+    pred = prototype_predict(x_train, y_train, x_test, len(classes))
+    return classification_metrics(y_test, pred, classes)
+
+
+def prototype_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """The predictions ``(B,)`` of :func:`prototype_classify` over ``num_classes`` classes (a
+    class without training rows is never predicted)."""
     x_train = x_train / np.linalg.norm(x_train, axis=1, keepdims=True)
     x_test = x_test / np.linalg.norm(x_test, axis=1, keepdims=True)
-    n = len(classes)
-    onehot = np.eye(n, dtype=np.float64)[y_train]
+    onehot = np.eye(num_classes, dtype=np.float64)[y_train]
     protos = onehot.T @ x_train
     protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
     sims = x_test @ protos.T
     sims[:, onehot.sum(0) == 0] = -np.inf
-    return classification_metrics(y_test, sims.argmax(1), classes)
+    return sims.argmax(1)
