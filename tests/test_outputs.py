@@ -141,11 +141,16 @@ def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("run") / "run")
 
 
+def build_argv(run: Path, data: Path, bank: Path) -> tuple[str, ...]:
+    """The command line of ``bank build`` from ``run``'s model over ``data`` into ``bank``."""
+    return ("bank", "build", "--run", str(run), "--data", str(data), "--out", str(bank))
+
+
 def test_bank_build_refuses_to_replace_a_bank_unless_forced(
     run_dir: Path, data: Path, extra: Path, tmp_path: Path
 ) -> None:
     bank = tmp_path / "bank"
-    build = ("bank", "build", "--run", str(run_dir), "--data", str(data), "--out", str(bank))
+    build = build_argv(run_dir, data, bank)
     assert cli(*build, "--quiet").returncode == 0
     assert cli("bank", "add", "--bank", str(bank), "--label", "NEW", str(extra)).returncode == 0
     one_line_error(cli(*build, "--quiet"), "already holds an anchor bank", "--force")
@@ -158,7 +163,7 @@ def test_bank_build_checks_its_overrides_as_config_keys(
     run_dir: Path, data: Path, tmp_path: Path
 ) -> None:
     bank = tmp_path / "bank"
-    build = ("bank", "build", "--run", str(run_dir), "--data", str(data), "--out", str(bank))
+    build = build_argv(run_dir, data, bank)
     assert cli(*build, "--quiet").returncode == 0
     before = (bank / "manifest.json").read_bytes()
     # a Python caller has no argparse choices: the override is checked as bank.adapt_on would be
@@ -171,7 +176,7 @@ def test_outputs_never_overwrite_an_input_or_anchor(
     run_dir: Path, data: Path, tmp_path: Path
 ) -> None:
     bank = tmp_path / "bank"
-    build = ("bank", "build", "--run", str(run_dir), "--data", str(data), "--out", str(bank))
+    build = build_argv(run_dir, data, bank)
     assert cli(*build, "--quiet").returncode == 0
     query = data / "AAA" / "AAA_0.png"
     anchor = data / "BBB" / "BBB_1.png"
@@ -236,7 +241,7 @@ def test_bank_add_command_refuses_a_reserved_label(
     run_dir: Path, data: Path, extra: Path, tmp_path: Path
 ) -> None:
     bank = tmp_path / "bank"
-    build = ("bank", "build", "--run", str(run_dir), "--data", str(data), "--out", str(bank))
+    build = build_argv(run_dir, data, bank)
     assert cli(*build, "--quiet").returncode == 0
     one_line_error(
         cli("bank", "add", "--bank", str(bank), "--label", "uncertain", str(extra)),
