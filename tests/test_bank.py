@@ -78,6 +78,15 @@ def norm(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def adapted_by_hand(b: AnchorBank, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``adapt_prototypes`` called directly on the bank's anchors: what ``bank_prototypes``
+    should give under the same settings."""
+    from siamese_marrow.models.adapt import adapt_prototypes
+
+    anchors, labels = torch.from_numpy(b.embeddings), torch.from_numpy(b.labels)
+    return adapt_prototypes(b.model, anchors, labels, len(b.classes), **kwargs)
+
+
 def same_results(a: AnchorBank, b: AnchorBank, q: np.ndarray) -> None:
     ra, rb = classify(a, q), classify(b, q)
     assert ra.classes == rb.classes
@@ -379,7 +388,6 @@ def test_views_bank_keeps_each_anchors_views_through_add_remove_save_load(tmp_pa
 
     from siamese_marrow.index.classify import bank_prototypes
     from siamese_marrow.models import build_model
-    from siamese_marrow.models.adapt import adapt_prototypes
     from siamese_marrow.models.embed import embed_paths
 
     cfg = Config()
@@ -409,32 +417,15 @@ def test_views_bank_keeps_each_anchors_views_through_add_remove_save_load(tmp_pa
     np.testing.assert_allclose(b.views, views, atol=2e-3)
     np.testing.assert_allclose(b.embeddings, tta, atol=1e-5)
     protos, _ = bank_prototypes(b)
-    want, _ = adapt_prototypes(
-        loaded.model,
-        torch.from_numpy(b.embeddings),
-        torch.from_numpy(b.labels),
-        3,
-        steps=15,
-        views=torch.from_numpy(b.views),
-    )
+    want, _ = adapted_by_hand(b, steps=15, views=torch.from_numpy(b.views))
     assert torch.equal(protos, want)
-    on_mean, _ = adapt_prototypes(
-        loaded.model, torch.from_numpy(b.embeddings), torch.from_numpy(b.labels), 3, steps=15
-    )
+    on_mean, _ = adapted_by_hand(b, steps=15)
     assert not torch.allclose(protos, on_mean, atol=1e-4)
     # bank.adapt_lr is the Adam learning rate of those steps
     default_lr = b.bank_config.adapt_lr
     b.bank_config.adapt_lr = 0.1
     fast, _ = bank_prototypes(b)
-    want_fast, _ = adapt_prototypes(
-        loaded.model,
-        torch.from_numpy(b.embeddings),
-        torch.from_numpy(b.labels),
-        3,
-        steps=15,
-        lr=0.1,
-        views=torch.from_numpy(b.views),
-    )
+    want_fast, _ = adapted_by_hand(b, steps=15, lr=0.1, views=torch.from_numpy(b.views))
     assert torch.equal(fast, want_fast) and not torch.allclose(fast, protos, atol=1e-4)
     b.bank_config.adapt_lr = default_lr
 
@@ -466,3 +457,36 @@ def test_mean_bank_has_no_views(bank, tmp_path) -> None:
         bank.add_embeddings(
             bank.embeddings[:1], ["/fake/x.png"], ["C0"], views=np.zeros((1, 8, D), np.float32)
         )
+
+
+def test_prototypes_per_class_bank_classifies_by_each_classs_best_kmeans_centre(tmp_path) -> None:
+    """bank.prototypes_per_class=2: a class of at least 20 anchors is scored through the better of
+    its 2 adapted k-means centres, a smaller class through its mean; the setting is saved with
+    the bank."""
+    from siamese_marrow.index.classify import bank_prototypes
+
+    run = make_run(tmp_path / "run", aggregate="proto")
+    loaded = load_run(run)
+    loaded.cfg.bank.adapt_steps, loaded.cfg.bank.prototypes_per_class = 20, 2
+    x, y = clustered(24, 3, seed=3)
+    x, y = x[:60], y[:60]  # classes 0 and 1: 24 anchors, 2 prototypes; class 2: 12, one
+    b = AnchorBank(loaded)
+    b.add_embeddings(x, [f"/fake/{i}.png" for i in range(len(y))], [f"C{c}" for c in y])
+    protos, labels = bank_prototypes(b)
+    assert labels.tolist() == [0, 0, 1, 1, 2]
+    want, _ = adapted_by_hand(b, steps=20, prototypes_per_class=2)
+    assert torch.equal(protos, want)
+    q = norm(clustered(4, 3, seed=8)[0])
+    result = classify(b, q)
+    with torch.no_grad():
+        logits, _ = loaded.model.prototype_logits(protos, labels, torch.from_numpy(q), 3)
+    np.testing.assert_allclose(result.probabilities, torch.softmax(logits, -1).numpy(), atol=1e-5)
+    one = AnchorBank(load_run(run))
+    one.config.bank.adapt_steps = 20
+    one.add_embeddings(x, [f"/fake/{i}.png" for i in range(len(y))], [f"C{c}" for c in y])
+    assert bank_prototypes(one)[1].tolist() == [0, 1, 2]  # the default: one a class
+    assert not np.allclose(classify(one, q).probabilities, result.probabilities, atol=1e-4)
+    b.save(tmp_path / "bank")
+    back = AnchorBank.load(tmp_path / "bank")
+    assert back.bank_config.prototypes_per_class == 2
+    np.testing.assert_allclose(classify(back, q).probabilities, result.probabilities, atol=1e-5)

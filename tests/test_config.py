@@ -52,6 +52,7 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
         ("model.tau_init=0", "model.tau_init=0.0 must be > 0"),
         ("bank.top_m=-3", "bank.top_m=-3 must be >= 0"),
         ("bank.adapt_lr=0", "bank.adapt_lr=0.0 must be > 0"),
+        ("bank.prototypes_per_class=0", "bank.prototypes_per_class=0 must be >= 1"),
     ],
 )
 def test_bad_values_name_the_key(override: str, match: str) -> None:

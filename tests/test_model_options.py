@@ -379,3 +379,89 @@ def test_prototype_scorer_equals_prototype_logits(kind: str) -> None:
     rows = torch.tensor([9, 0, 4, 4])  # some of the tests, in any order, repeated
     sub, _ = model.prototype_logits(protos, labels, tests[rows])
     assert torch.allclose(score(protos, labels, rows), sub, atol=1e-6)
+
+
+# --- several prototypes a class (bank.prototypes_per_class) -----------------------------------
+
+
+def two_looks(
+    n_per_look: int, seed: int, noise: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchors of 2 classes: class 0 has two looks (tight at the default ``noise``), class 1
+    one. Returns anchors, labels and the three look centres (class 0's two, then class 1's)."""
+    g = torch.Generator().manual_seed(seed)
+    looks = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    which = torch.tensor([0] * n_per_look + [1] * n_per_look + [2] * n_per_look)
+    anchors = F.normalize(looks[which] + noise * torch.randn(len(which), 8, generator=g), dim=-1)
+    return anchors, (which == 2).long(), looks
+
+
+def test_class_modes_are_the_kmeans_centres_of_each_look_and_one_keeps_the_means() -> None:
+    from sklearn.cluster import KMeans
+
+    from siamese_marrow.models.adapt import class_modes
+
+    anchors, labels, looks = two_looks(12, 0)
+    one, one_labels = class_modes(anchors, labels, 3, per_class=1)
+    plain, plain_labels = tiny(aggregate="proto").class_prototypes(anchors, labels, 3)
+    assert torch.equal(one, plain) and torch.equal(one_labels, plain_labels)
+    protos, proto_labels = class_modes(anchors, labels, 3, per_class=2)
+    # class 0 (24 anchors) gets 2 centres, class 1 (12 < 2 x 10) keeps its mean, class 2 has no
+    # anchors: its row stays, label -1
+    assert proto_labels.tolist() == [0, 0, 1, -1]
+    km = KMeans(2, n_init=4, random_state=0).fit(anchors[labels == 0].numpy())
+    want = F.normalize(torch.from_numpy(km.cluster_centers_).float(), dim=-1)
+    assert torch.allclose(protos[:2], want, atol=1e-6)
+    # ... which are the two looks (in some order), each near its look's centre
+    near = (protos[:2] @ looks[:2].T).amax(0)
+    assert (near > 0.99).all()
+    assert torch.allclose(protos[2], plain[1], atol=1e-6)
+    assert torch.allclose(protos.norm(dim=-1)[:3], torch.ones(3), atol=1e-5)
+    # few anchors a class: nothing is split whatever per_class asks (a 5-shot support)
+    few = torch.arange(3).repeat_interleave(5)
+    five = unit(15, 8, 3)
+    assert torch.equal(class_modes(five, few, 3, per_class=4)[0], class_modes(five, few, 3)[0])
+    with pytest.raises(ValueError, match="prototypes_per_class=0"):
+        class_modes(anchors, labels, 3, per_class=0)
+
+
+def test_a_class_scores_its_best_prototype() -> None:
+    model = tiny(aggregate="proto")
+    tests, protos = unit(6, 8, 4), unit(5, 8, 5)
+    labels = torch.tensor([0, 0, 1, 2, 2])
+    logits, (h1, h2) = model.prototype_logits(protos, labels, tests, num_classes=3)
+    assert logits.shape == (6, 3) and h1.shape == (6, 5)
+    s = h1 + h2
+    best = torch.stack([s[:, [0, 1]].amax(1), s[:, 2], s[:, [3, 4]].amax(1)], dim=1)
+    assert torch.allclose(logits, best / model.consensus_head.tau, atol=1e-6)
+    score = model.prototype_scorer(tests)
+    assert torch.allclose(score(protos, labels, None, 3), logits, atol=1e-6)
+    anchors = unit(3, 8, 6)
+    g, _, _ = model.anchor_consensus(
+        anchors, torch.arange(3), tests, 3, prototypes=(protos, labels)
+    )
+    assert g.shape == (6, 3)
+    assert torch.allclose(g, torch.softmax(logits, -1), atol=1e-6)
+
+
+def test_adapting_several_prototypes_a_class_moves_them_all_and_fits_better() -> None:
+    from siamese_marrow.models.adapt import adapt_prototypes, class_modes
+
+    model = tiny(aggregate="proto")
+    anchors, labels, _ = two_looks(12, 1, noise=0.9)  # classes that overlap
+    start, start_labels = class_modes(anchors, labels, 2, per_class=2)
+    same, _ = adapt_prototypes(model, anchors, labels, 2, steps=0, prototypes_per_class=2)
+    assert torch.equal(same, start)
+    adapted, adapted_labels = adapt_prototypes(
+        model, anchors, labels, 2, steps=60, prototypes_per_class=2
+    )
+    assert torch.equal(adapted_labels, start_labels) and adapted.shape == (3, 8)
+    assert ((adapted - start).norm(dim=-1) > 1e-4).all()  # every prototype moved
+
+    def ce(protos: torch.Tensor) -> float:
+        logits, _ = model.prototype_logits(protos, start_labels, anchors, num_classes=2)
+        return F.cross_entropy(logits, labels).item()
+
+    assert ce(adapted) < ce(start) - 0.01
+    again, _ = adapt_prototypes(model, anchors, labels, 2, steps=60, prototypes_per_class=2)
+    assert torch.equal(again, adapted)  # deterministic

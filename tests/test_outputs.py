@@ -170,6 +170,15 @@ def test_bank_build_checks_its_overrides_as_config_keys(
     with pytest.raises(ConfigError, match="bank.adapt_on: 'sideways' is not one of mean, views"):
         bank_build(run_dir, data, bank, progress=False, force=True, adapt_on="sideways")
     assert (bank / "manifest.json").read_bytes() == before  # the bank there is kept
+    one_line_error(
+        cli(*build, "--quiet", "--force", "--prototypes-per-class", "0"),
+        "bank.prototypes_per_class=0 must be >= 1",
+    )
+    assert (bank / "manifest.json").read_bytes() == before
+    done = cli(*build, "--quiet", "--force", "--prototypes-per-class", "3")
+    assert done.returncode == 0 and json.loads(done.stdout)["prototypes_per_class"] == 3
+    manifest = json.loads((bank / "manifest.json").read_text())
+    assert manifest["bank_config"]["prototypes_per_class"] == 3
 
 
 def test_outputs_never_overwrite_an_input_or_anchor(

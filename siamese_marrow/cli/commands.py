@@ -112,6 +112,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
                 force=args.force,
                 tta=args.tta,
                 adapt_on=args.adapt_on,
+                prototypes_per_class=args.prototypes_per_class,
             )
         )
     elif args.bank_command == "add":

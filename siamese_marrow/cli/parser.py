@@ -114,6 +114,14 @@ def _add_bank(sub: Any) -> None:
         help="adapt the prototypes on each anchor's embedding or on its 8 dihedral views; views "
         "keeps them in the bank (default: the run's bank.adapt_on)",
     )
+    b.add_argument(
+        "--prototypes-per-class",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with model.aggregate=proto: up to K prototypes a class, the k-means centres of its "
+        "anchors, one per 10 anchors at most (default: the run's bank.prototypes_per_class)",
+    )
     b = bank_sub.add_parser("add", help="add images of a (new or rare) class; no retraining")
     b.add_argument("--bank", required=True, help="anchor bank folder")
     b.add_argument("--label", required=True, help="class code of the new anchors")

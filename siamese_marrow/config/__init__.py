@@ -300,6 +300,7 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "abstain_below": (0, False),
         "adapt_steps": (0, False),
         "adapt_lr": (0, True),
+        "prototypes_per_class": (1, False),
         "target_recall": (0, True),
         "rechoose_factor": (1, True),
         "stream_batch": (1, False),

@@ -89,6 +89,11 @@ class BankConfig:
     # then keeps every anchor's 8 view embeddings, views.npy, 4x the memory of float32
     # embeddings at float16).
     adapt_on: str = _choices(*ADAPT_ON, default="mean")
+    # With model.aggregate=proto: up to this many prototypes a class, the k-means centres of its
+    # anchors (a cell type that looks several ways gets one a look; a query scores its best), a
+    # class of n anchors getting min(this, n // 10) and at least one, so few-shot classes keep
+    # one; all of them adapt (models/adapt.py). 1 = the class mean. Few-shot episodes keep one.
+    prototypes_per_class: int = 1
     # classify: images embedded and classified at a time, so a large set of query images never
     # sits in memory at once.
     stream_batch: int = 2048

@@ -46,6 +46,7 @@ def bank_summary(bank: AnchorBank, path: str | Path | None = None) -> dict[str, 
         "search_params": bank.index.search_params,
         "tta": bank.bank_config.tta,
         "adapt_on": bank.bank_config.adapt_on,
+        "prototypes_per_class": bank.bank_config.prototypes_per_class,
         "anchors": len(bank),
         "classes": bank.class_counts(),
     }
@@ -71,11 +72,13 @@ def bank_build(
     force: bool = False,
     tta: bool | None = None,
     adapt_on: str | None = None,
+    prototypes_per_class: int | None = None,
 ) -> dict[str, Any]:
     """Embed every image of ``data`` (folder or CSV) with the run's model and save a bank at
     ``out``; ``factory`` overrides the run's ``bank.index``, ``tta`` its ``bank.tta`` (the
-    bank records it, so its queries are embedded the same way) and ``adapt_on`` its
-    ``bank.adapt_on`` ("views": the bank keeps each anchor's 8 view embeddings). A bank
+    bank records it, so its queries are embedded the same way), ``adapt_on`` its
+    ``bank.adapt_on`` ("views": the bank keeps each anchor's 8 view embeddings) and
+    ``prototypes_per_class`` its ``bank.prototypes_per_class`` (the bank records both). A bank
     already at ``out`` is replaced only with ``force`` (refused before any work otherwise).
 
     Under torchrun every rank calls it: the images are embedded in shards
@@ -85,7 +88,13 @@ def bank_build(
     with writer_lock(out) if main else contextlib.nullcontext(Path(out).absolute()) as target:
         on_main(lambda: check_target(target, replace=force))
         loaded = load_run(run, checkpoint, device=device)
-        loaded.cfg.bank = overridden(loaded.cfg.bank, "bank", tta=tta, adapt_on=adapt_on)
+        loaded.cfg.bank = overridden(
+            loaded.cfg.bank,
+            "bank",
+            tta=tta,
+            adapt_on=adapt_on,
+            prototypes_per_class=prototypes_per_class,
+        )
         samples = load_samples(data, classes)
         t = time.perf_counter()
         bank = AnchorBank.build(loaded, samples, batch_size, num_workers, factory, progress)

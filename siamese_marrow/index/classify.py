@@ -138,8 +138,8 @@ def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | Non
     """The class prototypes over all of the bank's anchors, when the model aggregates by
     prototype (``model.aggregate=proto``), adapted to the bank when ``bank.adapt_steps`` > 0
     (:func:`~siamese_marrow.models.adapt.adapt_prototypes`; on the anchors' view embeddings with
-    ``bank.adapt_on=views``); else None. Once per set of queries
-    (:func:`bank_scoring`)."""
+    ``bank.adapt_on=views``; several a class with ``bank.prototypes_per_class``); else None.
+    Once per set of queries (:func:`bank_scoring`)."""
     model = bank.model
     if not model.uses_prototypes:
         return None
@@ -152,6 +152,7 @@ def bank_prototypes(bank: AnchorBank) -> tuple[torch.Tensor, torch.Tensor] | Non
         steps=bank.bank_config.adapt_steps,
         lr=bank.bank_config.adapt_lr,
         views=None if bank.views is None else torch.from_numpy(bank.views).to(device),
+        prototypes_per_class=bank.bank_config.prototypes_per_class,
     )
 
 

@@ -14,6 +14,13 @@ cross-entropy runs over every view instead of over the anchors' mean embeddings:
 gives 8 examples of how its cell looks turned, not one point, and the prototypes start from the
 same means as before.
 
+With ``prototypes_per_class`` k > 1 (``bank.prototypes_per_class``) a class with many anchors
+starts from several vectors, the k-means centres of its anchors (:func:`class_modes`: a cell
+type that looks more than one way, a band and a segmented neutrophil, gets one for each look),
+the consensus scores a test against the best of them, and all of them adapt. A class gets a
+second centre only from ``MIN_ANCHORS_PER_PROTOTYPE`` anchors a centre up (k-means of a handful
+of points is noise), so a few-shot support keeps one prototype a class.
+
 Each step's loss is over at most ``per_class`` rows of each class: a class with more rows than
 that (a bank's large class: 120 anchors x 8 views) gives a fresh random draw of them at every
 step, so all of its anchors shape the prototype at the cost of ``per_class`` rows a step (bm7,
@@ -25,9 +32,45 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
 
 from ..config import BankConfig
 from .siamese import SiameseNet
+
+#: Anchors a class needs per prototype before ``prototypes_per_class`` splits it: 20 anchors
+#: give at most 2 centres, a 5-shot class one.
+MIN_ANCHORS_PER_PROTOTYPE = 10
+
+
+def class_modes(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    num_classes: int,
+    per_class: int = 1,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm prototypes ``(M, D)`` and their labels ``(M,)``: each class's renormalised
+    k-means centres of its anchors ``(N, D)`` (labels ``(N,)``, -1 = ignore), ``min(per_class,
+    n // MIN_ANCHORS_PER_PROTOTYPE)`` of them for a class of n anchors and at least one, its
+    mean: :meth:`SiameseNet.class_prototypes` exactly when no class is split (``per_class=1``,
+    or every class under twice the minimum). A class without anchors keeps its row, label -1.
+    Deterministic for given inputs (k-means seeded with ``seed``, the best of 4 starts)."""
+    protos, labels = SiameseNet.class_prototypes(anchors, anchor_labels, num_classes)
+    if per_class < 1:
+        raise ValueError(f"prototypes_per_class={per_class} must be >= 1")
+    rows, labs = [], []
+    for c in range(num_classes):
+        members = anchors[anchor_labels == c]
+        k = min(per_class, len(members) // MIN_ANCHORS_PER_PROTOTYPE)
+        if k <= 1:
+            rows.append(protos[c : c + 1])
+            labs.append(labels[c : c + 1])
+            continue
+        x = members.detach().float().cpu().numpy()
+        centres = KMeans(k, n_init=4, random_state=seed).fit(x).cluster_centers_
+        rows.append(F.normalize(torch.from_numpy(centres).to(anchors), dim=-1))
+        labs.append(labels.new_full((k,), c))
+    return torch.cat(rows), torch.cat(labs)
 
 
 def adapt_prototypes(
@@ -41,8 +84,11 @@ def adapt_prototypes(
     per_class: int = 256,
     views: torch.Tensor | None = None,
     seed: int = 0,
+    prototypes_per_class: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adapted unit-norm class vectors ``(C, D)`` and their labels ``(C,)`` (-1: no anchors).
+    """Adapted unit-norm class vectors ``(C, D)`` and their labels ``(C,)`` (-1: no anchors);
+    ``(M, D)`` and ``(M,)`` with ``prototypes_per_class`` > 1, a large class's several
+    (:func:`class_modes`).
 
     ``anchors (N, D)`` unit-norm with ``anchor_labels (N,)``; at most ``per_class`` anchors of
     each class take part in each step (a larger class: a new random draw of them every step,
@@ -57,8 +103,8 @@ def adapt_prototypes(
             f"adapt_prototypes: views {tuple(views.shape)} for {len(anchors)} anchors; "
             "expected (N, V, D)"
         )
-    protos, labels = model.class_prototypes(anchors, anchor_labels, num_classes)
-    if steps <= 0 or int((labels >= 0).sum()) < 2:
+    protos, labels = class_modes(anchors, anchor_labels, num_classes, prototypes_per_class, seed)
+    if steps <= 0 or len(labels[labels >= 0].unique()) < 2:
         return protos, labels
     if views is None:
         x, y = anchors.detach(), anchor_labels
@@ -81,7 +127,7 @@ def adapt_prototypes(
         with torch.enable_grad():
             for _ in range(steps):
                 rows = draw()
-                logits = score(F.normalize(vec, dim=-1), labels, rows)
+                logits = score(F.normalize(vec, dim=-1), labels, rows, num_classes)
                 loss = F.cross_entropy(logits, y if rows is None else y[rows])
                 if pull > 0:
                     loss = loss + pull * ((vec - start) ** 2).sum(-1).mean()

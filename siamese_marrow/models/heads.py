@@ -114,7 +114,9 @@ class Consensus(nn.Module):
     sum is the sum of the aggregates). ``proto`` aggregates the anchors' embeddings instead: the
     heads score the test against the class prototype (the renormalised mean embedding of class
     k's anchors, :meth:`SiameseNet.class_prototypes`), one "anchor" per class, so the score does
-    not depend on how many anchors a class has; here it is then the mean over that one anchor.
+    not depend on how many anchors a class has; here it is then the max over that class's
+    prototypes: that one, or its best of several (``bank.prototypes_per_class``,
+    :func:`~siamese_marrow.models.adapt.class_modes`).
     """
 
     def __init__(
@@ -152,12 +154,12 @@ class Consensus(nn.Module):
         labels = anchor_labels.expand(b, m) if anchor_labels.dim() == 1 else anchor_labels
         onehot = labels.unsqueeze(-1) == torch.arange(num_classes, device=labels.device)  # (B,M,C)
         counts = onehot.sum(1)  # (B, C)
-        if self.aggregate in ("mean", "proto"):
+        if self.aggregate == "mean":
             sums = torch.einsum("bm,bmc->bc", pair_score, onehot.to(pair_score.dtype))
             out = sums / counts.clamp(min=1)
         else:
             masked = pair_score.unsqueeze(-1).masked_fill(~onehot, float("-inf"))  # (B, M, C)
-            if self.aggregate == "max":
+            if self.aggregate in ("max", "proto"):  # proto: a class's best prototype
                 out = masked.amax(1)
             else:
                 k = min(self.k, m)

@@ -112,20 +112,28 @@ class SiameseNet(nn.Module):
         return F.normalize(sums, dim=-1), labels
 
     def prototype_logits(
-        self, protos: torch.Tensor, proto_labels: torch.Tensor, tests: torch.Tensor
+        self,
+        protos: torch.Tensor,
+        proto_labels: torch.Tensor,
+        tests: torch.Tensor,
+        num_classes: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Consensus logits ``(B, C)`` of tests ``(B, D)`` against prototypes ``(C, D)`` or
-        per-test ``(B, C, D)``, and the gate probabilities ``(h1, h2)``, each ``(B, C)``."""
+        """Consensus logits ``(B, C)`` of tests ``(B, D)`` against prototypes ``(M, D)`` or
+        per-test ``(B, M, D)``, and the gate probabilities ``(h1, h2)``, each ``(B, M)``. A class
+        may have several prototypes (its score: the best of them); ``num_classes`` defaults to
+        M, one prototype a class."""
         if protos.dim() == 2:
             l1, l2 = self.score_matrix(protos, tests)
         else:
             l1, l2 = self.pair_logits(protos, tests.unsqueeze(1))
         h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
         labels = proto_labels.expand(len(tests), -1) if proto_labels.dim() == 1 else proto_labels
-        return self.consensus_head(h1, h2, labels, labels.shape[-1]), (h1, h2)
+        n = labels.shape[-1] if num_classes is None else num_classes
+        return self.consensus_head(h1, h2, labels, n), (h1, h2)
 
     def prototype_scorer(self, tests: torch.Tensor) -> Callable[..., torch.Tensor]:
-        """``score(protos (C, D), proto_labels (C,), rows=None) -> (B, C)``: the consensus logits
+        """``score(protos (M, D), proto_labels (M,), rows=None, num_classes=M) -> (B, C)``: the
+        consensus logits
         of :meth:`prototype_logits` against the fixed ``tests (B, D)`` (or the ``rows`` of them),
         whose share of both heads (the concatenated head's test half, the Hadamard head's
         weighted test) is computed once here, without gradient: what adapting prototypes needs,
@@ -136,13 +144,17 @@ class SiameseNet(nn.Module):
         bias = self.head_hadamard.linear.bias
 
         def score(
-            protos: torch.Tensor, proto_labels: torch.Tensor, rows: torch.Tensor | None = None
+            protos: torch.Tensor,
+            proto_labels: torch.Tensor,
+            rows: torch.Tensor | None = None,
+            num_classes: int | None = None,
         ) -> torch.Tensor:
             z, w = (zt, wt) if rows is None else (zt[rows], wt[rows])
             l1 = self.head_concat.finish(self.head_concat.anchor_part(protos).unsqueeze(0) + z)
             l2 = w @ protos.T + bias
             labels = proto_labels.expand(len(w), -1)
-            return self.consensus_head(torch.sigmoid(l1), torch.sigmoid(l2), labels, len(protos))
+            n = len(protos) if num_classes is None else num_classes
+            return self.consensus_head(torch.sigmoid(l1), torch.sigmoid(l2), labels, n)
 
         return score
 
@@ -165,8 +177,9 @@ class SiameseNet(nn.Module):
         is given, against its own K candidate anchors (rows into ``anchors``, -1 = padding,
         ignored by the consensus). Returns ``g (B, C)`` and the gate probabilities ``h1, h2``,
         ``(B, N)`` or ``(B, K)``; queries are processed ``chunk`` at a time. With ``proto``
-        aggregation g comes from the class prototypes: ``prototypes`` (``(C, D)`` and their
-        ``(C,)`` labels, e.g. over all of a bank's anchors) or those of ``anchors``.
+        aggregation g comes from the class prototypes: ``prototypes`` (``(M, D)`` and their
+        ``(M,)`` labels, e.g. over all of a bank's anchors, one or more a class) or those of
+        ``anchors``.
         """
         if self.uses_prototypes and prototypes is None:
             prototypes = self.class_prototypes(anchors, anchor_labels, num_classes)
@@ -183,7 +196,7 @@ class SiameseNet(nn.Module):
                 labels = torch.where(r >= 0, anchor_labels[safe], torch.full_like(r, -1))
             h1, h2 = torch.sigmoid(l1), torch.sigmoid(l2)
             if prototypes is not None and self.uses_prototypes:
-                logits, _ = self.prototype_logits(*prototypes, q)
+                logits, _ = self.prototype_logits(*prototypes, q, num_classes)
                 gs.append(torch.softmax(logits, dim=-1))
             else:
                 gs.append(self.consensus((h1, h2), labels, num_classes))
