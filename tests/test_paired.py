@@ -5,6 +5,7 @@ it over seeds."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from math import comb
 from pathlib import Path
 
@@ -42,6 +43,32 @@ def test_paired_counts_count_only_the_discordant_images():
     swapped = paired_counts(y, b, a)
     assert (swapped["a_only"], swapped["b_only"]) == (2, 3)
     assert swapped["p_value"] == pytest.approx(out["p_value"])
+    # a is 1 image in 8 more accurate: 5/8 against 4/8
+    assert out["n"] == 8 and out["difference"] == pytest.approx(1 / 8)
+    assert swapped["difference"] == pytest.approx(-1 / 8)
+    assert swapped["difference_ci95"] == pytest.approx([-x for x in out["difference_ci95"][::-1]])
+
+
+def test_the_difference_interval_is_the_mean_per_image_difference_plus_minus_1_96_se():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 300)
+    a = np.where(rng.random(300) < 0.8, y, (y + 1) % 4)
+    b = np.where(rng.random(300) < 0.7, y, (y + 2) % 4)
+    out = paired_counts(y, a, b)
+    per_image = (a == y).astype(float) - (b == y)  # +1 a alone right, -1 b alone, 0 otherwise
+    se = per_image.std() / np.sqrt(len(y))
+    assert out["difference"] == pytest.approx(per_image.mean())
+    assert out["difference_ci95"] == pytest.approx(
+        [per_image.mean() - 1.959964 * se, per_image.mean() + 1.959964 * se], abs=1e-6
+    )
+    assert out["difference_ci95"][0] > 0  # 80% against 70% of 300 images: a is better
+    # worked by hand: 3 vs 2 of 8 -> 1/8 +- 1.959964 * sqrt(5 - 1/8) / 8
+    assert mcnemar(3, 2, n=8)["difference_ci95"] == pytest.approx(
+        [0.125 - 0.540936, 0.125 + 0.540936], abs=1e-6
+    )
+    assert "difference" not in mcnemar(3, 2)  # without n, the test only
+    with pytest.raises(ValueError, match="5 discordant images out of n=4"):
+        mcnemar(3, 2, n=4)
 
 
 @pytest.mark.parametrize(("a", "b"), [(1, 6), (5, 11), (0, 9), (10, 10), (3, 0)])
@@ -111,7 +138,12 @@ def bench():
 
 def seed_result(y: np.ndarray, preds: dict[str, np.ndarray], bench) -> dict:
     rows = {n: {"balanced_accuracy": float((p == y).mean())} for n, p in preds.items()}
-    return {"rows": rows, "fewshot": {}, "paired": bench.paired_with_shipped(y, preds)}
+    return {
+        "rows": rows,
+        "fewshot": {},
+        "paired": bench.paired_with_shipped(y, preds),
+        "n_test": len(y),
+    }
 
 
 def test_bench_pairs_every_method_with_the_shipped_consensus_and_pools_seeds(bench):
@@ -128,8 +160,10 @@ def test_bench_pairs_every_method_with_the_shipped_consensus_and_pools_seeds(ben
     pooled = bench.pool_paired(per_seed)["kNN-10"]
     assert (pooled["a_only"], pooled["b_only"]) == (5, 3)
     assert pooled["p_value"] == pytest.approx(exact_two_sided(5, 3))
+    assert pooled["n"] == 12 and pooled["difference"] == pytest.approx(2 / 12)
     table = "\n".join(bench.paired_markdown(bench.pool_paired(per_seed)))
-    assert "| kNN-10 | 5 | 3 | 0.727 |" in table
+    lo, hi = (100 * x for x in mcnemar(5, 3, n=12)["difference_ci95"])
+    assert f"| kNN-10 | 5 | 3 | 0.727 | +16.7 [{lo:+.1f}, {hi:+.1f}] |" in table
 
 
 def test_bench_pools_nothing_when_a_seed_predates_the_paired_counts(bench):
@@ -138,3 +172,61 @@ def test_bench_pools_nothing_when_a_seed_predates_the_paired_counts(bench):
     old = {k: v for k, v in new.items() if k != "paired"}
     assert bench.pool_paired([new, old]) is None
     assert "no paired counts" in "\n".join(bench.paired_markdown(None))
+
+
+def test_bench_gives_the_shipped_consensus_with_and_without_several_prototypes(bench, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from siamese_marrow.config import Config, ModelConfig
+    from siamese_marrow.index import AnchorBank, classify
+    from siamese_marrow.models import build_model
+    from siamese_marrow.models.checkpoint import load_run, save_checkpoint
+
+    cfg = Config()
+    cfg.model = ModelConfig(
+        backbone="test_efficientnet", pretrained="none", embed_dim=8, img_size=32, aggregate="proto"
+    )
+    cfg.bank.adapt_steps, cfg.bank.prototypes_per_class = 10, 2
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run", "best", build_model(cfg.model), cfg, ["x"])
+    bank = AnchorBank(load_run(tmp_path / "run"))
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(60, 8, generator=g), dim=-1).numpy()
+    labels = ["A"] * 20 + ["B"] * 20 + ["C"] * 20
+    bank.add_embeddings(x, [f"/fake/{i}.png" for i in range(60)], labels)
+    q = F.normalize(torch.randn(30, 8, generator=g), dim=-1).numpy()
+    preds = bench.classify_preds(bank, q, ["A", "B", "C"])
+    assert set(preds) == {bench.SHIPPED, bench.ONE_PROTOTYPE}
+    index = {"A": 0, "B": 1, "C": 2}
+    assert preds[bench.SHIPPED].tolist() == [index[p] for p in classify(bank, q).predictions]
+    assert bank.bank_config.prototypes_per_class == 2  # put back
+    bank.bank_config.prototypes_per_class = 1
+    one = [index[p] for p in classify(bank, q).predictions]
+    assert preds[bench.ONE_PROTOTYPE].tolist() == one
+    assert set(bench.classify_preds(bank, q, ["A", "B", "C"])) == {bench.SHIPPED}
+
+
+def test_bench_markdown_without_fewshot_has_no_fewshot_table(bench):
+    y = np.array([0, 1, 2])
+    per_seed = [seed_result(y, {bench.SHIPPED: y, "1-NN": np.array([0, 1, 1])}, bench)]
+    for row in per_seed[0]["rows"].values():
+        row.update(accuracy=0.5, f1_weighted=0.5, f1_macro=0.5)
+    text = bench.markdown(bench.combine(per_seed), [0])
+    assert "| 1-NN | 0.667 +- 0.000" in text and "Few-shot" not in text
+    assert "| 1-NN | 1 | 0 |" in text
+
+
+def test_bench_keeps_every_prediction_so_any_two_methods_can_be_paired_later(bench):
+    y = np.array([0, 1, 2, 0, 1, 2])
+    preds = {bench.SHIPPED: np.array([0, 1, 2, 0, 0, 0]), "1-NN": np.array([0, 1, 1, 1, 1, 2])}
+    preds["kNN-10"] = np.array([0, 2, 2, 0, 1, 1])
+    out = json.loads(json.dumps(bench.closed_set_results(y, preds, ["a", "b", "c"])))
+    assert out["y_test"] == y.tolist()
+    assert out["predictions"] == {k: v.tolist() for k, v in preds.items()}
+    assert out["rows"]["1-NN"]["accuracy"] == pytest.approx(4 / 6, abs=1e-4)  # rounded to 4
+    assert out["paired"]["1-NN"] == paired_counts(y, preds[bench.SHIPPED], preds["1-NN"])
+    # two methods neither of which is the shipped one, from the JSON alone
+    kept = {k: np.array(v) for k, v in out["predictions"].items()}
+    again = paired_counts(np.array(out["y_test"]), kept["1-NN"], kept["kNN-10"])
+    assert (again["a_only"], again["b_only"]) == (2, 2)

@@ -72,6 +72,7 @@ from siamese_marrow.models.embed import embed_paths, embed_paths_and_views
 
 AGGREGATES = ("topk", "mean", "max", "proto")
 SHIPPED = "consensus (classify, shipped settings)"
+ONE_PROTOTYPE = "consensus (classify, shipped settings, one prototype a class)"
 
 
 def say(msg: str) -> None:
@@ -91,6 +92,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--n-query", type=int, default=15)
     p.add_argument("--episodes", type=int, default=300, help="per seed")
     p.add_argument("--skip-softmax", action="store_true")
+    p.add_argument("--skip-frozen", action="store_true", help="no frozen-feature rows")
+    p.add_argument(
+        "--skip-fewshot", action="store_true", help="closed-set rows only: no few-shot episodes"
+    )
     p.add_argument("--json", type=Path)
     p.add_argument(
         "--combine",
@@ -165,11 +170,34 @@ def embedding_preds(
     }
 
 
+def classify_preds(
+    bank: AnchorBank, x_t: np.ndarray, classes: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The product path's predictions (``classify`` over ``bank``, its bank settings) and, when
+    those give a class several prototypes (``bank.prototypes_per_class`` > 1), the same with
+    one prototype a class: the option with and without."""
+    lookup = {c: i for i, c in enumerate(classes)}
+
+    def run() -> np.ndarray:
+        return np.array([lookup.get(p, -1) for p in classify(bank, x_t).predictions])
+
+    preds = {SHIPPED: run()}
+    per_class = bank.bank_config.prototypes_per_class
+    if bank.model.uses_prototypes and per_class > 1:
+        bank.bank_config.prototypes_per_class = 1
+        preds[ONE_PROTOTYPE] = run()
+        bank.bank_config.prototypes_per_class = per_class
+    return preds
+
+
 def siamese_section(
-    cfg: Config, run: Path, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
+    cfg: Config,
+    run: Path,
+    data: PreparedData,
+    fs: tuple[list[Sample], np.ndarray, list[str]] | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Test-split predictions of the consensus and of the simple methods on its embedding, and
-    the few-shot results."""
+    the few-shot results (none without ``fs``)."""
     loaded = load_run(run)
     # the bank settings benchmarked are this config's: a run kept by --reuse may have been
     # trained under other ones (they do not change training)
@@ -183,11 +211,18 @@ def siamese_section(
     y_a = labels_of(data.train, data.classes)
     bank = AnchorBank(loaded)
     bank.add_embeddings(x_a, paths(data.train), [s.label for s in data.train], views=v_a)
-    result = classify(bank, x_t)
-    lookup = {c: i for i, c in enumerate(data.classes)}
-    preds = {SHIPPED: np.array([lookup.get(p, -1) for p in result.predictions])}
+    preds = classify_preds(bank, x_t, data.classes)
     preds |= consensus_preds(model, x_a, y_a, x_t, data.classes)
     preds |= embedding_preds(x_a, y_a, x_t, len(data.classes), cfg.train.seed)
+    return preds, {} if fs is None else siamese_fewshot(cfg, model, fs)
+
+
+def siamese_fewshot(
+    cfg: Config, model: SiameseNet, fs: tuple[list[Sample], np.ndarray, list[str]]
+) -> dict[str, Any]:
+    """The few-shot results of the siamese model and of the simple methods on its embedding."""
+    tta, bs = cfg.bank.tta, cfg.train.eval_batch_size
+    on_views = cfg.bank.adapt_on == "views"
     samples, y_fs, names = fs
     x_fs, v_fs, _ = embed_paths_and_views(model, paths(samples), bs, tta=tta, views=True)
     steps = cfg.bank.adapt_steps if model.uses_prototypes else 0
@@ -213,11 +248,11 @@ def siamese_section(
             results["siamese"] = views
         plain = fewshot_evaluate(model, x_fs, y_fs, **FEWSHOT, class_names=names)
         results["siamese (no adaptation)"] = plain["results"]["siamese"]
-    return preds, results
+    return results
 
 
 def softmax_section(
-    cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
+    cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]] | None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Test-split predictions of the softmax classifier and of the simple methods on its
     features, its few-shot results and its training figures."""
@@ -232,6 +267,8 @@ def softmax_section(
     preds |= embedding_preds(
         x_a, y_a, x_t, len(data.classes), cfg.train.seed, prefix="softmax features: "
     )
+    if fs is None:
+        return preds, {}, info
     samples, y_fs, names = fs
     _, x_fs = softmax_predict(net, samples, tta=tta, classes=names)
     few = fewshot_evaluate(None, x_fs, y_fs, **FEWSHOT, class_names=names)
@@ -239,7 +276,7 @@ def softmax_section(
 
 
 def frozen_section(
-    cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]]
+    cfg: Config, data: PreparedData, fs: tuple[list[Sample], np.ndarray, list[str]] | None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Test-split predictions of the simple methods on the frozen pretrained features, and
     their few-shot results."""
@@ -255,6 +292,8 @@ def frozen_section(
         ),
         "frozen features: prototypes": prototype_predict(x_a, y_a, x_t, len(data.classes)),
     }
+    if fs is None:
+        return preds, {}
     samples, y_fs, names = fs
     x_fs, _ = embed_paths(bb, paths(samples), bs, tta=tta)
     few = fewshot_evaluate(None, x_fs, y_fs, **FEWSHOT, class_names=names)
@@ -291,16 +330,31 @@ def run_seed(args: argparse.Namespace, seed: int, fs) -> dict[str, Any]:  # noqa
         preds |= spreds
         out["fewshot"]["softmax features"] = sfew
         out["softmax"] = info
-    fpreds, ffew = frozen_section(cfg, data, fs)
-    preds |= fpreds
-    out["fewshot"]["frozen features"] = ffew
-    y_t = labels_of(data.test, data.classes)
-    out["rows"] = {
-        name: headline(classification_metrics(y_t, p, data.classes)) for name, p in preds.items()
-    }
-    out["paired"] = paired_with_shipped(y_t, preds)
+    if not args.skip_frozen:
+        fpreds, ffew = frozen_section(cfg, data, fs)
+        preds |= fpreds
+        out["fewshot"]["frozen features"] = ffew
+    out["fewshot"] = {k: v for k, v in out["fewshot"].items() if v}
+    out |= closed_set_results(labels_of(data.test, data.classes), preds, data.classes)
     out["seconds"] = round(time.perf_counter() - t, 1)
     return out
+
+
+def closed_set_results(
+    y_t: np.ndarray, preds: dict[str, np.ndarray], classes: Sequence[str]
+) -> dict[str, Any]:
+    """One seed's closed-set figures of every method (``rows``), each paired with the shipped
+    consensus (``paired``), and the test labels and every method's predictions themselves
+    (``y_test``, ``predictions``: class indices into ``classes``, -1 = none), so a later reading
+    of the JSON can pair any two methods without rerunning them."""
+    return {
+        "rows": {
+            name: headline(classification_metrics(y_t, p, classes)) for name, p in preds.items()
+        },
+        "paired": paired_with_shipped(y_t, preds),
+        "y_test": np.asarray(y_t).tolist(),
+        "predictions": {name: np.asarray(p).tolist() for name, p in preds.items()},
+    }
 
 
 def paired_with_shipped(y_t: np.ndarray, preds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -346,10 +400,11 @@ def pool_paired(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not all("paired" in s for s in per_seed):
         return None
     pooled = {}
+    n = sum(s["n_test"] for s in per_seed)
     for name in per_seed[0]["paired"]:
         a = sum(s["paired"][name]["a_only"] for s in per_seed)
         b = sum(s["paired"][name]["b_only"] for s in per_seed)
-        pooled[name] = mcnemar(a, b)
+        pooled[name] = mcnemar(a, b, n=n)
     return pooled
 
 
@@ -369,6 +424,8 @@ def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     shots = sorted({k for v in combined["fewshot"].values() for k in v}, key=int)
+    if not shots:  # --skip-fewshot
+        return "\n".join(lines + paired_markdown(combined.get("paired")))
     lines += [
         "",
         "Few-shot, unseen classes (mean +- 95% CI over all episodes)",
@@ -392,13 +449,21 @@ def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
     lines = [
         "",
         f"Closed set, paired with the shipped consensus ({SHIPPED}) on the same test images, "
-        "counts summed over the seeds; p: exact McNemar, two-sided",
+        "counts summed over the seeds; p: exact McNemar, two-sided; the consensus's accuracy "
+        "minus the method's, in points, with its 95% interval",
         "",
-        "| method | only the consensus right | only the method right | p |",
-        "|---|---:|---:|---:|",
+        "| method | only the consensus right | only the method right | p | consensus - method |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, m in sorted(paired.items(), key=lambda kv: kv[1]["a_only"] - kv[1]["b_only"]):
-        lines.append(f"| {name} | {m['a_only']} | {m['b_only']} | {m['p_value']:.3f} |")
+        diff = (
+            ""
+            if "difference" not in m
+            else "{:+.1f} [{:+.1f}, {:+.1f}]".format(
+                100 * m["difference"], *(100 * x for x in m["difference_ci95"])
+            )
+        )
+        lines.append(f"| {name} | {m['a_only']} | {m['b_only']} | {m['p_value']:.3f} | {diff} |")
     return lines
 
 
@@ -433,9 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     FEWSHOT.update(
         n_way=args.n_way, k_shots=args.k_shot, n_query=args.n_query, episodes=args.episodes
     )
-    fs_samples = load_samples(args.fewshot)
-    names = class_list(fs_samples)
-    fs = (fs_samples, labels_of(fs_samples, names), names)
+    fs = None
+    if not args.skip_fewshot:
+        fs_samples = load_samples(args.fewshot)
+        names = class_list(fs_samples)
+        fs = (fs_samples, labels_of(fs_samples, names), names)
     t = time.perf_counter()
     per_seed = [run_seed(args, seed, fs) for seed in args.seeds]
     combined = combine(per_seed)
@@ -445,8 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": args.config,
         "overrides": args.overrides,
         "seeds": args.seeds,
-        "fewshot_data": args.fewshot,
-        "fewshot": dict(FEWSHOT),
+        "fewshot_data": None if args.skip_fewshot else args.fewshot,
+        "fewshot": {} if args.skip_fewshot else dict(FEWSHOT),
         "torch_threads": torch.get_num_threads(),
         "per_seed": per_seed,
         "combined": combined,

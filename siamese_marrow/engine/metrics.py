@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -79,16 +79,32 @@ def paired_counts(
             f"{pred_b.shape}; expected one prediction of each classifier per image"
         )
     right_a, right_b = pred_a == y_true, pred_b == y_true
-    return mcnemar(int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum()))
+    return mcnemar(int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum()), n=len(y_true))
 
 
-def mcnemar(a_only: int, b_only: int) -> dict[str, Any]:
+def mcnemar(a_only: int, b_only: int, n: int | None = None) -> dict[str, Any]:
     """The exact (binomial) McNemar test of discordant counts: under "neither classifier is
     better" each of the ``a_only + b_only`` discordant images is a fair coin. ``p_value``: its
     two-sided p (1.0 with no discordant image). Counts of several test splits (seeds) are summed
-    first and tested once."""
+    first and tested once.
+
+    With ``n``, the number of images compared, also how much more accurate ``a`` is than ``b``
+    (``difference`` = (a_only - b_only) / n, a fraction) and its 95% interval
+    (``difference_ci95``, the Wald interval of a difference of paired proportions): how large a
+    gap the images can still hide when the p says nothing."""
     if a_only < 0 or b_only < 0:
         raise ValueError(f"mcnemar: counts {a_only}, {b_only} must be >= 0")
-    n = a_only + b_only
-    p = binomtest(a_only, n, 0.5).pvalue if n else 1.0
-    return {"a_only": int(a_only), "b_only": int(b_only), "p_value": float(p)}
+    d = a_only + b_only
+    p = binomtest(a_only, d, 0.5).pvalue if d else 1.0
+    out: dict[str, Any] = {"a_only": int(a_only), "b_only": int(b_only), "p_value": float(p)}
+    if n is not None:
+        if n < d:
+            raise ValueError(f"mcnemar: {d} discordant images out of n={n}; n counts them all")
+        diff = (a_only - b_only) / n if n else 0.0
+        half = norm.ppf(0.975) * np.sqrt(max(d - (a_only - b_only) ** 2 / n, 0.0)) / n if n else 0.0
+        out |= {
+            "n": int(n),
+            "difference": float(diff),
+            "difference_ci95": [float(diff - half), float(diff + half)],
+        }
+    return out
