@@ -230,3 +230,22 @@ def test_bench_keeps_every_prediction_so_any_two_methods_can_be_paired_later(ben
     kept = {k: np.array(v) for k, v in out["predictions"].items()}
     again = paired_counts(np.array(out["y_test"]), kept["1-NN"], kept["kNN-10"])
     assert (again["a_only"], again["b_only"]) == (2, 2)
+
+
+def test_bench_combines_only_the_rows_every_seed_has_and_names_the_rest(bench):
+    y = np.array([0, 1, 2, 0, 1, 2])
+    both = {bench.SHIPPED: y, "kNN-10": np.array([0, 1, 1, 0, 1, 2])}
+    first = seed_result(y, both | {"softmax classifier": np.array([0, 0, 0, 0, 1, 2])}, bench)
+    second = seed_result(y, both, bench)  # a run with --skip-softmax
+    for row in [*first["rows"].values(), *second["rows"].values()]:
+        row.update(accuracy=0.5, f1_weighted=0.5, f1_macro=0.5)
+    first["fewshot"] = {"siamese embedding": {"prototype": {"1": {"mean": 0.5, "ci95": 0.1}}}}
+    second["fewshot"] = {"siamese embedding": {}}
+    combined = bench.combine([first, second])
+    assert set(combined["closed_set"]) == {bench.SHIPPED, "kNN-10"}
+    assert combined["closed_set"]["kNN-10"]["balanced_accuracy"]["mean"] == pytest.approx(5 / 6)
+    assert set(combined["paired"]) == {"kNN-10"}
+    assert combined["paired"]["kNN-10"]["n"] == 12
+    assert combined["fewshot"] == {}
+    assert combined["left_out"] == ["softmax classifier", "few-shot siamese embedding: prototype"]
+    assert "left out: softmax classifier; few-shot" in bench.markdown(combined, [0, 1])

@@ -17,7 +17,9 @@ the last epoch) and, all trained on the same training images:
 
 Every closed-set method is also paired with the shipped consensus image by image on the same test
 images (``engine.metrics.paired_counts``): how many only the consensus gets right, how many only
-the method, and the exact McNemar p of those counts, per seed and summed over the seeds.
+the method, the exact McNemar p of those counts and the accuracy difference with its 95%
+interval, per seed and summed over the seeds. Each seed's test labels and every method's
+predictions are kept in the JSON.
 
 Few-shot on unseen classes (``--fewshot``, default ``../shared/data/pbc8``): N-way K-shot
 episodes (``engine.fewshot``; the same seeded episodes for every method and model): the siamese
@@ -370,11 +372,22 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
 
 
+def in_every_seed(per_seed: list[dict[str, Any]], key: str) -> list[str]:
+    """The names under ``key`` (``rows``, ``paired``) that every seed has, in the first seed's
+    order: a row that a seed lacks (a run with another option, ``--skip-softmax``) is left out
+    of the pooled figures rather than averaged over fewer seeds."""
+    return [name for name in per_seed[0][key] if all(name in s[key] for s in per_seed)]
+
+
 def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds of each closed-set figure; few-shot means over all episodes
-    (equal episodes per seed: the mean of the seed means) with the pooled 95% CI."""
+    (equal episodes per seed: the mean of the seed means) with the pooled 95% CI. Only the rows
+    every seed has are pooled; the others are named under ``left_out``."""
     table = {}
-    for name in per_seed[0]["rows"]:
+    left_out = sorted(
+        {name for s in per_seed for name in s["rows"]} - set(in_every_seed(per_seed, "rows"))
+    )
+    for name in in_every_seed(per_seed, "rows"):
         vals = {k: [s["rows"][name][k] for s in per_seed] for k in per_seed[0]["rows"][name]}
         table[name] = {
             k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in vals.items()
@@ -382,6 +395,9 @@ def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     few: dict[str, Any] = {}
     for emb, methods in per_seed[0]["fewshot"].items():
         for method, shots in methods.items():
+            if not all(method in s["fewshot"].get(emb, {}) for s in per_seed):
+                left_out.append(f"few-shot {emb}: {method}")
+                continue
             for k in shots:
                 means = [s["fewshot"][emb][method][k]["mean"] for s in per_seed]
                 cis = [s["fewshot"][emb][method][k]["ci95"] for s in per_seed]
@@ -390,7 +406,12 @@ def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                     "mean": float(np.mean(means)),
                     "ci95": ci,
                 }
-    return {"closed_set": table, "fewshot": few, "paired": pool_paired(per_seed)}
+    return {
+        "closed_set": table,
+        "fewshot": few,
+        "paired": pool_paired(per_seed),
+        "left_out": left_out,
+    }
 
 
 def pool_paired(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -401,7 +422,7 @@ def pool_paired(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     pooled = {}
     n = sum(s["n_test"] for s in per_seed)
-    for name in per_seed[0]["paired"]:
+    for name in in_every_seed(per_seed, "paired"):
         a = sum(s["paired"][name]["a_only"] for s in per_seed)
         b = sum(s["paired"][name]["b_only"] for s in per_seed)
         pooled[name] = mcnemar(a, b, n=n)
@@ -412,6 +433,11 @@ def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
     lines = [
         f"Closed set, test split (mean +- std over split seeds {seeds})",
         "",
+        *(
+            [f"(not in every seed, so left out: {'; '.join(combined['left_out'])})", ""]
+            if combined.get("left_out")
+            else []
+        ),
         "| method | balanced accuracy | accuracy | weighted F1 | macro F1 |",
         "|---|---:|---:|---:|---:|",
     ]
