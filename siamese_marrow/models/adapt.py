@@ -55,9 +55,9 @@ def class_modes(
     mean: :meth:`SiameseNet.class_prototypes` exactly when no class is split (``per_class=1``,
     or every class under twice the minimum). A class without anchors keeps its row, label -1.
     Deterministic for given inputs (k-means seeded with ``seed``, the best of 4 starts)."""
-    protos, labels = SiameseNet.class_prototypes(anchors, anchor_labels, num_classes)
     if per_class < 1:
         raise ValueError(f"prototypes_per_class={per_class} must be >= 1")
+    protos, labels = SiameseNet.class_prototypes(anchors, anchor_labels, num_classes)
     rows, labs = [], []
     for c in range(num_classes):
         members = anchors[anchor_labels == c]

@@ -133,11 +133,11 @@ class SiameseNet(nn.Module):
 
     def prototype_scorer(self, tests: torch.Tensor) -> Callable[..., torch.Tensor]:
         """``score(protos (M, D), proto_labels (M,), rows=None, num_classes=M) -> (B, C)``: the
-        consensus logits
-        of :meth:`prototype_logits` against the fixed ``tests (B, D)`` (or the ``rows`` of them),
-        whose share of both heads (the concatenated head's test half, the Hadamard head's
-        weighted test) is computed once here, without gradient: what adapting prototypes needs,
-        scoring the same anchors at every step while only the prototypes move."""
+        consensus logits of :meth:`prototype_logits` against the fixed ``tests (B, D)`` (or the
+        ``rows`` of them), whose share of both heads (the concatenated head's test half, the
+        Hadamard head's weighted test) is computed once here, without gradient: what adapting
+        prototypes needs, scoring the same anchors at every step while only the prototypes
+        move."""
         with torch.no_grad():
             zt = self.head_concat.test_part(tests).unsqueeze(1)  # (B, 1, H)
             wt = tests * self.head_hadamard.linear.weight[0]  # (B, D)
