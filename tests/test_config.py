@@ -158,6 +158,8 @@ def test_huge_and_deep_config_files_refused(tmp_path: Path) -> None:
         ("bank.abstain_below=-0.1", "bank.abstain_below=-0.1 must be >= 0"),
         ("model.drop_rate=5", "model.drop_rate=5.0 must be < 1"),
         ("model.drop_rate=1", "model.drop_rate=1.0 must be < 1"),
+        ("train.ema_decay=1", "train.ema_decay=1.0 must be < 1"),
+        ("train.ema_decay=-0.5", "train.ema_decay=-0.5 must be >= 0"),
         ("model.img_size=1", "model.img_size=1 is too small.*at least 32"),
         ("model.img_size=31", "model.img_size=31 is too small"),
         ("augment.hue=0.6", "augment.hue=0.6 must be <= 0.5"),
@@ -174,9 +176,16 @@ def test_range_checks(override: str, match: str) -> None:
 def test_range_edges_accepted() -> None:
     cfg = load_config(
         None,
-        ["bank.abstain_below=1", "model.drop_rate=0.99", "model.img_size=32", "augment.hue=0.5"],
+        [
+            "bank.abstain_below=1",
+            "model.drop_rate=0.99",
+            "model.img_size=32",
+            "augment.hue=0.5",
+            "train.ema_decay=0.999",
+        ],
     )
     assert cfg.bank.abstain_below == 1.0 and cfg.model.drop_rate == 0.99
+    assert cfg.train.ema_decay == 0.999
     assert load_config(None, ["model.img_size=0"]).model.img_size == 0
     with pytest.raises(ConfigError, match="scale_min=0.9 is above scale_max=0.5"):
         load_config(None, ["augment.scale_min=0.9", "augment.scale_max=0.5"])

@@ -17,6 +17,7 @@ from siamese_marrow.data.synth import write_dataset
 from siamese_marrow.engine import train as train_mod
 from siamese_marrow.engine.losses import siamese_loss
 from siamese_marrow.engine.train import build_optimizer, train
+from siamese_marrow.errors import TrainingError
 from siamese_marrow.models import build_model
 from siamese_marrow.models.checkpoint import load_run
 
@@ -83,10 +84,11 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "last.safetensors"))
 
 
+@pytest.mark.parametrize("ema", ["train.ema_decay=0", "train.ema_decay=0.6"])
 def test_interrupted_and_resumed_equals_uninterrupted(
-    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: str
 ) -> None:
-    cfg = tiny_cfg(tiny_data, "train.checkpoint_every=2")
+    cfg = tiny_cfg(tiny_data, "train.checkpoint_every=2", ema)
     train(cfg, tmp_path / "straight", progress=False)
 
     calls = {"n": 0}
@@ -112,6 +114,84 @@ def test_interrupted_and_resumed_equals_uninterrupted(
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     log = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in log] == [1, 2]
+
+
+def test_ema_checkpoints_hold_the_average_of_the_weights_after_each_step(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.ema_decay d: the saved model is e_t = d e_(t-1) + (1 - d) w_t over the raw weights
+    w_t after each optimizer step t, from e_1 = w_1 (timm's ModelEmaV3 given the step); "last"
+    keeps w_T to resume from."""
+    decay = 0.6
+    raw: list[dict[str, torch.Tensor]] = []
+    real_step = train_mod._step
+
+    def recording_step(job, x, y, epoch):  # noqa: ANN001, ANN202
+        if not raw:
+            raw.append({k: v.detach().clone() for k, v in job.model.state_dict().items()})
+        parts = real_step(job, x, y, epoch)
+        raw.append({k: v.detach().clone() for k, v in job.model.state_dict().items()})
+        return parts
+
+    monkeypatch.setattr(train_mod, "_step", recording_step)
+    run = tmp_path / "run"
+    train(
+        tiny_cfg(tiny_data, f"train.ema_decay={decay}", "data.val_fraction=0"), run, progress=False
+    )
+    assert len(raw) == 1 + 6  # the initial weights, then 2 epochs x 3 steps
+    expected = {k: v.double() for k, v in raw[1].items() if v.is_floating_point()}
+    for w in raw[2:]:
+        for k in expected:
+            expected[k] = decay * expected[k] + (1 - decay) * w[k].double()
+    saved = _weights(run)
+    best = load_run(run).model.state_dict()
+    moved = 0
+    for k, e in expected.items():
+        np.testing.assert_allclose(saved[k].double(), e, rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(best[k].double(), e, rtol=1e-5, atol=1e-6, err_msg=k)
+        moved += not torch.allclose(e.float(), raw[-1][k], atol=1e-4)
+    assert moved > len(expected) // 2  # the average is not the last weights
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    for k, w in raw[-1].items():
+        assert torch.equal(state["raw_weights"][k], w), k
+    assert "raw_weights" not in torch.load(
+        _train_off(tiny_data, tmp_path) / "last.state.pt", weights_only=True
+    )
+
+
+def _train_off(data: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "off"
+    train(tiny_cfg(data, "train.epochs=1", "data.val_fraction=0"), run, progress=False)
+    return run
+
+
+@pytest.mark.parametrize(("saved", "resumed"), [("0", "0.9"), ("0.9", "0")])
+def test_resume_with_another_ema_setting_is_refused(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved: str, resumed: str
+) -> None:
+    """A run saved without an EMA has no average to go on from; one saved with it holds the
+    average as its weights, which are not the weights to continue training."""
+    common = ["train.epochs=2", "data.val_fraction=0", "train.checkpoint_every=2"]
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real_loss = train_mod.siamese_loss
+
+    def interrupting_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "siamese_loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tiny_data, *common, f"train.ema_decay={saved}"), run, progress=False)
+    monkeypatch.setattr(train_mod, "siamese_loss", real_loss)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    cfg = tiny_cfg(tiny_data, *common, f"train.ema_decay={resumed}")
+    said = "train.ema_decay=0" if saved == "0" else "train.ema_decay > 0"
+    with pytest.raises(TrainingError, match=rf"last was saved with {said}; resume it with"):
+        train(cfg, run, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_checkpoint_gives_identical_embeddings_in_a_fresh_process(

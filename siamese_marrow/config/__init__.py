@@ -151,6 +151,12 @@ class TrainConfig:
     proxy_weight: float = 0.0
     # Temperature of that cosine classifier (smaller = sharper).
     proxy_temperature: float = 0.05
+    # Exponential moving average of the weights (timm's ModelEmaV3): the weights after the first
+    # optimizer step, then after each step average = decay * average + (1 - decay) * weights
+    # (0 = off; 0.99 averages over about the last 100 steps). When on, the
+    # averaged weights are the model: validation scores them and the checkpoints hold them; the
+    # "last" checkpoint also keeps the raw weights that a resume continues from.
+    ema_decay: float = 0.0
     # Stop after this many epochs without improvement of the validation balanced accuracy (0 = off).
     early_stop_patience: int = 0
     # Seed of the sampler, the augmentation and the weight initialisation.
@@ -287,6 +293,7 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
         "consensus_weight": (0, False),
         "proxy_weight": (0, False),
         "proxy_temperature": (0, True),
+        "ema_decay": (0, False),
         "early_stop_patience": (0, False),
         "seed": (0, False),
         "threads": (0, False),
@@ -311,6 +318,7 @@ _BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
 #: Highest allowed value of numeric fields: (bound, strict). Fields not listed have no upper bound.
 _UPPER_BOUNDS: dict[type, dict[str, tuple[float, bool]]] = {
     ModelConfig: {"drop_rate": (1, True)},
+    TrainConfig: {"ema_decay": (1, True)},
     AugmentConfig: {
         "scale_min": (1, False),
         "scale_max": (1, False),

@@ -5,6 +5,10 @@ resume=True)`` continues from ``out/last`` exactly: model, optimizer, scheduler,
 and RNG are restored, and because every batch's augmentation and every step's RNG are functions of
 (seed, epoch, batch), the resumed run ends with the same weights as an uninterrupted one.
 
+With ``train.ema_decay`` > 0 an exponential moving average of the weights (timm's ``ModelEmaV3``)
+follows every optimizer step; the average is the model (validated, saved in every checkpoint's
+weights file) and ``last`` also holds the raw weights that a resume continues from.
+
 Under ``torchrun`` the same function trains with DistributedDataParallel (:mod:`.distributed`):
 each rank draws its own P x K share of every step, the loss sees the global batch, and rank 0
 alone takes the run folder's lock and writes checkpoints, metrics and the summary.
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from ..config import Config
@@ -80,6 +85,13 @@ class _Job:
     ranks: distributed.Ranks = field(default_factory=distributed.Ranks)
     forward: torch.nn.Module | None = None  # distributed.training_forward: the step's loss
     loader: Any = None  # the training DataLoader (one for the run: its workers persist)
+    ema: ModelEmaV3 | None = None  # train.ema_decay > 0: the averaged weights, which are the model
+
+    @property
+    def scored(self) -> SiameseNet:
+        """The model that validation scores and the checkpoints hold: the EMA of the weights
+        when ``train.ema_decay`` > 0, else the weights being trained."""
+        return self.model if self.ema is None else self.ema.module
 
     @property
     def log_path(self) -> Path:
@@ -134,12 +146,30 @@ def _set_up(
     proxy = (
         ProxyLoss(len(data.classes), model.dim, tc.proxy_temperature) if tc.proxy_weight else None
     )
+    averaged = None  # on resume with train.ema_decay: the EMA weights saved in "last"
     if resume:
         weights, saved = load_train_state(out, "last")
+        if tc.ema_decay > 0:  # the weights file holds the average, the state the raw weights
+            if "raw_weights" not in saved:
+                raise TrainingError(
+                    f"{out}/last was saved with train.ema_decay=0; resume it with that setting "
+                    "(the run's config.yaml) or start a new run"
+                )
+            averaged, weights = weights, saved["raw_weights"]
+        elif "raw_weights" in saved:  # its weights file is an average: no run to go on from
+            raise TrainingError(
+                f"{out}/last was saved with train.ema_decay > 0; resume it with that setting "
+                "(the run's config.yaml) or start a new run"
+            )
         model.load_state_dict(weights, strict=True)
         if proxy is not None:
             proxy.load_state_dict(saved["proxy_loss"])
+    ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema_decay > 0 else None
+    if ema is not None and averaged is not None:
+        ema.module.load_state_dict(averaged, strict=True)
     model.to(device)
+    if ema is not None:
+        ema.module.to(device)
     if proxy is not None:
         proxy.to(device)
     forward = distributed.training_forward(model, proxy, ranks, cfg)
@@ -192,6 +222,7 @@ def _set_up(
         proxy,
         ranks,
         forward,
+        ema=ema,
     )
 
 
@@ -222,7 +253,8 @@ def _open_run_folder(job: _Job, resume: bool) -> None:
 
 
 def _checkpoint(job: _Job, name: str, meta: dict[str, Any], with_state: bool) -> None:
-    """Save ``name`` (best/last); never saves non-finite weights."""
+    """Save ``name`` (best/last): the scored model's weights (the EMA when on; ``last`` also
+    keeps the raw weights to resume from); never saves non-finite weights."""
     bad = [
         k
         for k, v in job.model.state_dict().items()
@@ -245,8 +277,12 @@ def _checkpoint(job: _Job, name: str, meta: dict[str, Any], with_state: bool) ->
         }
         if job.proxy_loss is not None:
             train_state["proxy_loss"] = job.proxy_loss.state_dict()
+        if job.ema is not None:
+            train_state["raw_weights"] = {
+                k: v.detach().cpu().contiguous() for k, v in job.model.state_dict().items()
+            }
     save_checkpoint(
-        job.out, name, job.model, job.cfg, job.data.classes, meta=meta, train_state=train_state
+        job.out, name, job.scored, job.cfg, job.data.classes, meta=meta, train_state=train_state
     )
 
 
@@ -296,6 +332,8 @@ def _step(job: _Job, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, 
     job.scheduler.step()
     state.step += 1
     state.batch += 1
+    if job.ema is not None:
+        job.ema.update(model, step=state.step)
     return parts
 
 
@@ -330,6 +368,8 @@ def _train_epoch(job: _Job, epoch: int) -> tuple[dict[str, float], int]:
             _checkpoint(job, "last", {"epoch": epoch, "step": state.step}, with_state=True)
     bar.close()
     distributed.sync_buffers(job.model)  # every rank validates the model rank 0 checkpoints
+    if job.ema is not None:
+        distributed.sync_buffers(job.ema.module)
     return sums, n_batches
 
 
@@ -338,13 +378,15 @@ def _end_epoch(
 ) -> bool:
     """Validate, log, keep the best and last checkpoints; True when early stopping ends the run.
     Without a validation split, "best" is the last epoch's model, written when training ends."""
-    state, model, sampler = job.state, job.model, job.sampler
+    state, sampler = job.state, job.sampler
     train_time = time.perf_counter() - t_epoch
     val: dict[str, Any] = {}
     val_metrics = None
     if job.val_ds is not None:
         # every rank embeds its share; rank 0's figures decide for all
-        val = distributed.from_main(validate(model, job.anchor_ds, job.val_ds, job.cfg, job.device))
+        val = distributed.from_main(
+            validate(job.scored, job.anchor_ds, job.val_ds, job.cfg, job.device)
+        )
         val_metrics = val.pop("val_metrics")
     record = {
         "epoch": epoch + 1,
@@ -352,7 +394,7 @@ def _end_epoch(
         **{f"train_{k}": round(v / max(1, n_batches), 5) for k, v in sums.items()},
         **{k: round(v, 5) for k, v in val.items()},
         "lr": job.scheduler.get_last_lr()[0],
-        "tau": float(model.consensus_head.tau.detach()),
+        "tau": float(job.scored.consensus_head.tau.detach()),
         "train_seconds": round(train_time, 2),
         "train_images_per_s": round(
             n_batches * sampler.p * sampler.k * job.ranks.world / max(train_time, 1e-9), 1
