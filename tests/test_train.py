@@ -165,6 +165,38 @@ def _train_off(data: Path, tmp_path: Path) -> Path:
     return run
 
 
+def test_softmax_baseline_keeps_the_same_average_of_its_weights(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmark's softmax classifier under train.ema_decay: the same recurrence over the
+    weights after each of its optimizer steps as the siamese model's."""
+    from siamese_marrow.data.prepare import prepare_data
+    from siamese_marrow.engine import softmax as softmax_mod
+
+    decay, raw = 0.6, []
+    real_build = softmax_mod.build_optimizer
+
+    def recording_build(net, cfg):  # noqa: ANN001, ANN202
+        opt = real_build(net, cfg)
+        opt.register_step_post_hook(
+            lambda *_: raw.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        )
+        return opt
+
+    monkeypatch.setattr(softmax_mod, "build_optimizer", recording_build)
+    cfg = tiny_cfg(tiny_data, f"train.ema_decay={decay}", "data.val_fraction=0")
+    net, info = softmax_mod.train_softmax(cfg, prepare_data(cfg.data))
+    assert info["steps"] == len(raw) == 6
+    expected = {k: v.double() for k, v in raw[0].items() if v.is_floating_point()}
+    for w in raw[1:]:
+        for k in expected:
+            expected[k] = decay * expected[k] + (1 - decay) * w[k].double()
+    got = net.state_dict()
+    for k, e in expected.items():
+        np.testing.assert_allclose(got[k].double(), e, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not torch.allclose(got["head.weight"], raw[-1]["head.weight"])
+
+
 @pytest.mark.parametrize(("saved", "resumed"), [("0", "0.9"), ("0.9", "0")])
 def test_resume_with_another_ema_setting_is_refused(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved: str, resumed: str

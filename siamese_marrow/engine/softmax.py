@@ -5,8 +5,9 @@ backbone, trained on the same images under the same budget.
 freeze policy) plus one Linear layer on its pooled features with cross-entropy, using the siamese
 trainer's own pieces: the P x K sampler (so every step sees the same number of images of the same
 classes), the augmentation, AdamW with the backbone and head learning rates, warm-up + cosine
-schedule, gradient clipping, and the per-(seed, step) RNG. It keeps the last epoch's weights
-(nothing is chosen on any split). Benchmarks call it; it is not a product model.
+schedule, gradient clipping, the per-(seed, step) RNG and, with ``train.ema_decay``, the same
+moving average of the weights. It keeps the last epoch's weights (their average with
+``train.ema_decay``; nothing is chosen on any split). Benchmarks call it; it is not a product model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -75,6 +77,7 @@ def train_softmax(
     net.backbone.apply_freeze(tc.freeze)
     net.to(device)
     optimizer = build_optimizer(net, cfg)
+    ema = ModelEmaV3(net, decay=tc.ema_decay) if tc.ema_decay > 0 else None
     train_ds = CellDataset(data.train, data.classes)
     sampler = PKBatchSampler.from_config(train_ds.get_labels(), cfg.sampler, tc.seed, data.classes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -102,9 +105,13 @@ def train_softmax(
             optimizer.step()
             scheduler.step()
             step += 1
+            if ema is not None:
+                ema.update(net, step=step)
             losses.append(float(loss.detach()))
         loop_s += time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5)})
+    if ema is not None:
+        net = ema.module
     net.eval()
     return net, {
         "steps": step,
