@@ -153,9 +153,10 @@ class TrainConfig:
     proxy_temperature: float = 0.05
     # Exponential moving average of the weights (timm's ModelEmaV3): the weights after the first
     # optimizer step, then after each step average = decay * average + (1 - decay) * weights
-    # (0 = off; 0.99 averages over about the last 100 steps). When on, the
-    # averaged weights are the model: validation scores them and the checkpoints hold them; the
-    # "last" checkpoint also keeps the raw weights that a resume continues from.
+    # (0 = off; 0.99 averages over about the last 100 steps: in a run not many times longer, the
+    # first steps' weights still count, so lower it there). When on, the averaged weights are the
+    # model: validation scores them and the checkpoints hold them; the "last" checkpoint also
+    # keeps the raw weights that a resume continues from.
     ema_decay: float = 0.0
     # Stop after this many epochs without improvement of the validation balanced accuracy (0 = off).
     early_stop_patience: int = 0
