@@ -116,6 +116,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(
     assert [json.loads(x)["epoch"] for x in log] == [1, 2]
 
 
+def ema_by_hand(steps: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
+    """e_1 = w_1, e_t = decay e_(t-1) + (1 - decay) w_t over the float weights after each step."""
+    e = {k: v.double() for k, v in steps[0].items() if v.is_floating_point()}
+    for w in steps[1:]:
+        e = {k: decay * v + (1 - decay) * w[k].double() for k, v in e.items()}
+    return e
+
+
 def test_ema_checkpoints_hold_the_average_of_the_weights_after_each_step(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,10 +147,7 @@ def test_ema_checkpoints_hold_the_average_of_the_weights_after_each_step(
         tiny_cfg(tiny_data, f"train.ema_decay={decay}", "data.val_fraction=0"), run, progress=False
     )
     assert len(raw) == 1 + 6  # the initial weights, then 2 epochs x 3 steps
-    expected = {k: v.double() for k, v in raw[1].items() if v.is_floating_point()}
-    for w in raw[2:]:
-        for k in expected:
-            expected[k] = decay * expected[k] + (1 - decay) * w[k].double()
+    expected = ema_by_hand(raw[1:], decay)
     saved = _weights(run)
     best = load_run(run).model.state_dict()
     moved = 0
@@ -187,10 +192,7 @@ def test_softmax_baseline_keeps_the_same_average_of_its_weights(
     cfg = tiny_cfg(tiny_data, f"train.ema_decay={decay}", "data.val_fraction=0")
     net, info = softmax_mod.train_softmax(cfg, prepare_data(cfg.data))
     assert info["steps"] == len(raw) == 6
-    expected = {k: v.double() for k, v in raw[0].items() if v.is_floating_point()}
-    for w in raw[1:]:
-        for k in expected:
-            expected[k] = decay * expected[k] + (1 - decay) * w[k].double()
+    expected = ema_by_hand(raw, decay)
     got = net.state_dict()
     for k, e in expected.items():
         np.testing.assert_allclose(got[k].double(), e, rtol=1e-5, atol=1e-6, err_msg=k)

@@ -11,8 +11,9 @@ the last epoch) and, all trained on the same training images:
   alone and both (h1, h2, h1+h2) under each aggregation (mean, max, top-k, proto), prototypes,
   1-NN, kNN-10 and logistic regression on the same embedding;
 - a plain fine-tuned softmax classifier of the same backbone (``engine.softmax.train_softmax``:
-  same images, sampler, augmentation, optimiser, schedule and number of steps; its wall time is
-  reported beside the siamese one), and prototypes / 1-NN on its features;
+  same images, sampler, augmentation, optimiser, schedule, number of steps and weight average
+  (``train.ema_decay``); its wall time is reported beside the siamese one), and prototypes /
+  1-NN on its features;
 - the frozen pretrained features with logistic regression (the probe).
 
 Every closed-set method is also paired with the shipped consensus image by image on the same test
