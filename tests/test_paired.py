@@ -249,3 +249,20 @@ def test_bench_combines_only_the_rows_every_seed_has_and_names_the_rest(bench):
     assert combined["fewshot"] == {}
     assert combined["left_out"] == ["softmax classifier", "few-shot siamese embedding: prototype"]
     assert "left out: softmax classifier; few-shot" in bench.markdown(combined, [0, 1])
+
+
+def test_bench_refuses_to_combine_raw_weights_with_their_average(bench, tmp_path: Path):
+    y = np.array([0, 1, 2, 0, 1, 2])
+    files = []
+    for weights in ("the run's model", "raw"):
+        path = tmp_path / f"{len(files)}.json"
+        result = {"overrides": [], "fewshot": {}, "siamese_weights": weights}
+        path.write_text(
+            json.dumps(result | {"per_seed": [seed_result(y, {bench.SHIPPED: y}, bench)]})
+        )
+        files.append(str(path))
+    with pytest.raises(
+        SystemExit, match="differ in --set overrides, the few-shot setting or --raw"
+    ):
+        bench.main(["--config", "x.yaml", "--combine", *files, "--json", str(tmp_path / "c.json")])
+    assert not (tmp_path / "c.json").exists()

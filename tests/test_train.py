@@ -199,6 +199,28 @@ def test_softmax_baseline_keeps_the_same_average_of_its_weights(
     assert not torch.allclose(got["head.weight"], raw[-1]["head.weight"])
 
 
+def test_bench_scores_the_raw_weights_of_an_averaged_run(tiny_data: Path, tmp_path: Path) -> None:
+    """tools/bench_methods.py --raw-weights: the same run's model without its weight average."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_methods", Path(__file__).resolve().parents[1] / "tools" / "bench_methods.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_data, "train.ema_decay=0.6", "data.val_fraction=0"), run, progress=False)
+    raw = torch.load(run / "last.state.pt", weights_only=True)["raw_weights"]
+    got = bench.load_siamese(run, raw_weights=True).model.state_dict()
+    average = bench.load_siamese(run).model.state_dict()
+    assert got.keys() == raw.keys()
+    for k in raw:
+        assert torch.equal(got[k], raw[k]), k
+    assert not torch.equal(average["head_concat.first.weight"], raw["head_concat.first.weight"])
+    with pytest.raises(SystemExit, match=r"last keeps no raw weights .* drop --raw-weights"):
+        bench.load_siamese(_train_off(tiny_data, tmp_path), raw_weights=True)
+
+
 @pytest.mark.parametrize(("saved", "resumed"), [("0", "0.9"), ("0.9", "0")])
 def test_resume_with_another_ema_setting_is_refused(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved: str, resumed: str

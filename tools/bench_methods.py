@@ -70,7 +70,7 @@ from siamese_marrow.engine.softmax import softmax_predict, train_softmax
 from siamese_marrow.engine.train import train
 from siamese_marrow.index import AnchorBank, classify
 from siamese_marrow.models import SiameseNet, create_backbone
-from siamese_marrow.models.checkpoint import load_run
+from siamese_marrow.models.checkpoint import LoadedRun, load_run, load_train_state
 from siamese_marrow.models.embed import embed_paths, embed_paths_and_views
 
 AGGREGATES = ("topk", "mean", "max", "proto")
@@ -98,6 +98,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-frozen", action="store_true", help="no frozen-feature rows")
     p.add_argument(
         "--skip-fewshot", action="store_true", help="closed-set rows only: no few-shot episodes"
+    )
+    p.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="score each siamese run's raw weights, not their average (a run trained with "
+        "train.ema_decay keeps them in its last checkpoint): with --reuse, the same run without "
+        "the average, on the same test images and episodes",
     )
     p.add_argument("--json", type=Path)
     p.add_argument(
@@ -193,15 +200,31 @@ def classify_preds(
     return preds
 
 
+def load_siamese(run: Path, raw_weights: bool = False) -> LoadedRun:
+    """The run's model; with ``raw_weights`` the weights it was training (a run of
+    ``train.ema_decay`` > 0 keeps them in ``last``) in place of their moving average."""
+    loaded = load_run(run)
+    if raw_weights:
+        _, state = load_train_state(run, "last")
+        if "raw_weights" not in state:
+            raise SystemExit(
+                f"--raw-weights: {run}/last keeps no raw weights (trained with "
+                "train.ema_decay=0, its weights are the raw ones); drop --raw-weights"
+            )
+        loaded.model.load_state_dict(state["raw_weights"], strict=True)
+    return loaded
+
+
 def siamese_section(
     cfg: Config,
     run: Path,
     data: PreparedData,
     fs: tuple[list[Sample], np.ndarray, list[str]] | None,
+    raw_weights: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Test-split predictions of the consensus and of the simple methods on its embedding, and
-    the few-shot results (none without ``fs``)."""
-    loaded = load_run(run)
+    the few-shot results (none without ``fs``); ``raw_weights``: see :func:`load_siamese`."""
+    loaded = load_siamese(run, raw_weights)
     # the bank settings benchmarked are this config's: a run kept by --reuse may have been
     # trained under other ones (they do not change training)
     loaded.cfg.bank = copy.deepcopy(cfg.bank)
@@ -318,7 +341,7 @@ def run_seed(args: argparse.Namespace, seed: int, fs) -> dict[str, Any]:  # noqa
     summary = json.loads((run / "summary.json").read_text())
     data = prepare_data(cfg.data, synth_dir=synth_dir_of(run))
     say(f"seed {seed}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test")
-    preds, few = siamese_section(cfg, run, data, fs)
+    preds, few = siamese_section(cfg, run, data, fs, args.raw_weights)
     out: dict[str, Any] = {
         "seed": seed,
         "n_train": len(data.train),
@@ -497,11 +520,14 @@ def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
 def combine_files(args: argparse.Namespace) -> int:
     """One table from the per-seed results of earlier runs (same config and few-shot setting)."""
     runs = [json.loads(p.read_text()) for p in args.combine]
-    keys = {(json.dumps(r["overrides"]), json.dumps(r["fewshot"])) for r in runs}
+    keys = {
+        (json.dumps(r["overrides"]), json.dumps(r["fewshot"]), r.get("siamese_weights"))
+        for r in runs
+    }
     if len(keys) > 1:
         raise SystemExit(
-            f"{', '.join(map(str, args.combine))}: the runs differ in --set overrides or the "
-            "few-shot setting; combine runs of one config"
+            f"{', '.join(map(str, args.combine))}: the runs differ in --set overrides, the "
+            "few-shot setting or --raw-weights; combine runs of one config"
         )
     per_seed = [s for r in runs for s in r["per_seed"]]
     seeds = [s["seed"] for s in per_seed]
@@ -538,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "config": args.config,
         "overrides": args.overrides,
+        "siamese_weights": "raw" if args.raw_weights else "the run's model",
         "seeds": args.seeds,
         "fewshot_data": None if args.skip_fewshot else args.fewshot,
         "fewshot": {} if args.skip_fewshot else dict(FEWSHOT),
