@@ -5,9 +5,7 @@ resume=True)`` continues from ``out/last`` exactly: model, optimizer, scheduler,
 and RNG are restored, and because every batch's augmentation and every step's RNG are functions of
 (seed, epoch, batch), the resumed run ends with the same weights as an uninterrupted one.
 
-With ``train.ema_decay`` > 0 an exponential moving average of the weights (timm's ``ModelEmaV3``)
-follows every optimizer step; the average is the model (validated, saved in every checkpoint's
-weights file) and ``last`` also holds the raw weights that a resume continues from.
+With ``train.ema_decay`` > 0 the model is a moving average of the weights (:mod:`.checkpointing`).
 
 Under ``torchrun`` the same function trains with DistributedDataParallel (:mod:`.distributed`):
 each rank draws its own P x K share of every step, the loss sees the global batch, and rank 0
@@ -35,10 +33,11 @@ from ..data.transforms import eval_transform, train_transform
 from ..errors import ConfigError, TrainingError
 from ..index.faiss_index import FaissIndex
 from ..models import SiameseNet, build_model
-from ..models.checkpoint import load_train_state, read_meta, save_checkpoint
+from ..models.checkpoint import load_train_state, read_meta
 from ..models.sharding import sharded_embedding
 from ..utils import atomic_write_text
 from . import distributed
+from .checkpointing import checkpoint, resume_weights, weight_average
 from .losses import ProxyLoss, siamese_loss
 from .metrics import headline
 from .optim import build_optimizer, cosine_with_warmup
@@ -125,6 +124,19 @@ def _claim_run_folder(
     return prepare_data(cfg.data, synth_dir=synth_dir_of(out), progress=progress)
 
 
+def _load_last(
+    out: Path, model: SiameseNet, proxy: ProxyLoss | None, ema_decay: float
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Resume: ``out/last``'s weights into ``model`` and ``proxy``; its training state and the
+    weight average to go on from (None without ``train.ema_decay``)."""
+    weights, saved = load_train_state(out, "last")
+    weights, averaged = resume_weights(out, weights, saved, ema_decay)
+    model.load_state_dict(weights, strict=True)
+    if proxy is not None:
+        proxy.load_state_dict(saved["proxy_loss"])
+    return saved, averaged
+
+
 def _set_up(
     cfg: Config, out: Path, resume: bool, progress: bool, force: bool, stack: ExitStack
 ) -> _Job:
@@ -146,30 +158,9 @@ def _set_up(
     proxy = (
         ProxyLoss(len(data.classes), model.dim, tc.proxy_temperature) if tc.proxy_weight else None
     )
-    averaged = None  # on resume with train.ema_decay: the EMA weights saved in "last"
-    if resume:
-        weights, saved = load_train_state(out, "last")
-        if tc.ema_decay > 0:  # the weights file holds the average, the state the raw weights
-            if "raw_weights" not in saved:
-                raise TrainingError(
-                    f"{out}/last was saved with train.ema_decay=0; resume it with that setting "
-                    "(the run's config.yaml) or start a new run"
-                )
-            averaged, weights = weights, saved["raw_weights"]
-        elif "raw_weights" in saved:  # its weights file is an average: no run to go on from
-            raise TrainingError(
-                f"{out}/last was saved with train.ema_decay > 0; resume it with that setting "
-                "(the run's config.yaml) or start a new run"
-            )
-        model.load_state_dict(weights, strict=True)
-        if proxy is not None:
-            proxy.load_state_dict(saved["proxy_loss"])
-    ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema_decay > 0 else None
-    if ema is not None and averaged is not None:
-        ema.module.load_state_dict(averaged, strict=True)
+    saved, averaged = _load_last(out, model, proxy, tc.ema_decay) if resume else ({}, None)
     model.to(device)
-    if ema is not None:
-        ema.module.to(device)
+    ema = weight_average(model, tc.ema_decay, averaged)  # a copy of the model, on its device
     if proxy is not None:
         proxy.to(device)
     forward = distributed.training_forward(model, proxy, ranks, cfg)
@@ -252,40 +243,6 @@ def _open_run_folder(job: _Job, resume: bool) -> None:
         summary["baseline_probe"] = headline(json.loads(probe_path.read_text()))
 
 
-def _checkpoint(job: _Job, name: str, meta: dict[str, Any], with_state: bool) -> None:
-    """Save ``name`` (best/last): the scored model's weights (the EMA when on; ``last`` also
-    keeps the raw weights to resume from); never saves non-finite weights."""
-    bad = [
-        k
-        for k, v in job.model.state_dict().items()
-        if v.is_floating_point() and not torch.isfinite(v).all()
-    ]
-    if bad:  # a finite loss can still step into NaN/inf weights: never save those
-        raise TrainingError(
-            f"the weights became non-finite ({', '.join(bad[:3])}) at step {job.state.step}; "
-            f"the last good checkpoint in {job.out} is kept. Lower train.lr / "
-            "train.backbone_lr or check the data"
-        )
-    if not job.ranks.main:  # rank 0 writes the checkpoints of a torchrun job
-        return
-    train_state = None
-    if with_state:
-        train_state = {
-            "optimizer": job.optimizer.state_dict(),
-            "scheduler": job.scheduler.state_dict(),
-            "state_json": json.dumps(job.state.__dict__),
-        }
-        if job.proxy_loss is not None:
-            train_state["proxy_loss"] = job.proxy_loss.state_dict()
-        if job.ema is not None:
-            train_state["raw_weights"] = {
-                k: v.detach().cpu().contiguous() for k, v in job.model.state_dict().items()
-            }
-    save_checkpoint(
-        job.out, name, job.scored, job.cfg, job.data.classes, meta=meta, train_state=train_state
-    )
-
-
 def _step(job: _Job, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
     """One optimizer step on a P x K batch; its RNG is a function of (seed, step)."""
     tc, state, model = job.cfg.train, job.state, job.model
@@ -365,7 +322,7 @@ def _train_epoch(job: _Job, epoch: int) -> tuple[dict[str, float], int]:
         bar.set_postfix(loss=f"{parts['loss']:.3f}", acc=f"{parts['batch_acc']:.2f}")
         every = tc.checkpoint_every
         if every and state.step % every == 0 and state.batch < len(sampler):
-            _checkpoint(job, "last", {"epoch": epoch, "step": state.step}, with_state=True)
+            checkpoint(job, "last", {"epoch": epoch, "step": state.step}, with_state=True)
     bar.close()
     distributed.sync_buffers(job.model)  # every rank validates the model rank 0 checkpoints
     if job.ema is not None:
@@ -431,10 +388,10 @@ def _end_epoch(
     else:
         meta["selected"] = "the last epoch (no validation split)"
     if improved:
-        _checkpoint(job, "best", meta, with_state=False)
+        checkpoint(job, "best", meta, with_state=False)
         if val_metrics is not None and job.ranks.main:
             (job.out / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
-    _checkpoint(job, "last", meta, with_state=True)
+    checkpoint(job, "last", meta, with_state=True)
     patience = job.cfg.train.early_stop_patience
     return bool(patience and state.bad_epochs >= patience)
 
