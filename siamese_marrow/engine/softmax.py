@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -31,6 +30,7 @@ from ..data.transforms import eval_transform, train_transform
 from ..models import Backbone, create_backbone
 from ..models.embed import dihedral_views
 from ..utils import resolve_device
+from .checkpointing import weight_average
 from .optim import build_optimizer, cosine_with_warmup
 
 
@@ -77,7 +77,7 @@ def train_softmax(
     net.backbone.apply_freeze(tc.freeze)
     net.to(device)
     optimizer = build_optimizer(net, cfg)
-    ema = ModelEmaV3(net, decay=tc.ema_decay) if tc.ema_decay > 0 else None
+    ema = weight_average(net, tc.ema_decay)
     train_ds = CellDataset(data.train, data.classes)
     sampler = PKBatchSampler.from_config(train_ds.get_labels(), cfg.sampler, tc.seed, data.classes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
