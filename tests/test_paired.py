@@ -4,13 +4,13 @@ it over seeds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from math import comb
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_tool
 
 from siamese_marrow.engine.metrics import mcnemar, paired_counts
 from siamese_marrow.engine.probe import (
@@ -21,8 +21,6 @@ from siamese_marrow.engine.probe import (
     prototype_classify,
     prototype_predict,
 )
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def exact_two_sided(a: int, b: int) -> float:
@@ -130,10 +128,7 @@ def test_prototype_predict_is_the_nearest_class_mean_by_cosine():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_methods", TOOLS / "bench_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_methods")
 
 
 def seed_result(y: np.ndarray, preds: dict[str, np.ndarray], bench) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, load_tool
 
 from siamese_marrow.config import load_config
 from siamese_marrow.data.synth import write_dataset
@@ -84,6 +84,29 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "last.safetensors"))
 
 
+def train_until_interrupted(
+    cfg,
+    out: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    at_step: int,  # noqa: ANN001
+) -> None:
+    """Train ``cfg`` into ``out`` until a KeyboardInterrupt as step ``at_step`` computes its
+    loss (the steps before it done, their checkpoints written)."""
+    calls = {"n": 0}
+    real_loss = train_mod.siamese_loss
+
+    def interrupting_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "siamese_loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(train_mod, "siamese_loss", real_loss)
+
+
 @pytest.mark.parametrize("ema", ["train.ema_decay=0", "train.ema_decay=0.6"])
 def test_interrupted_and_resumed_equals_uninterrupted(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: str
@@ -91,19 +114,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(
     cfg = tiny_cfg(tiny_data, "train.checkpoint_every=2", ema)
     train(cfg, tmp_path / "straight", progress=False)
 
-    calls = {"n": 0}
-    real_loss = train_mod.siamese_loss
-
-    def interrupting_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        calls["n"] += 1
-        if calls["n"] == 5:  # step 5, in epoch 2 (3 steps an epoch), after the step-4 checkpoint
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "siamese_loss", interrupting_loss)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_mod, "siamese_loss", real_loss)
+    # step 5, in epoch 2 (3 steps an epoch), after the step-4 checkpoint
+    train_until_interrupted(cfg, tmp_path / "resumed", monkeypatch, at_step=5)
     meta = json.loads((tmp_path / "resumed" / "last.json").read_text())
     assert meta["step"] == 4  # a mid-epoch checkpoint: resuming must restart inside epoch 2
     train(cfg, tmp_path / "resumed", resume=True, progress=False)
@@ -201,13 +213,7 @@ def test_softmax_baseline_keeps_the_same_average_of_its_weights(
 
 def test_bench_scores_the_raw_weights_of_an_averaged_run(tiny_data: Path, tmp_path: Path) -> None:
     """tools/bench_methods.py --raw-weights: the same run's model without its weight average."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_methods", Path(__file__).resolve().parents[1] / "tools" / "bench_methods.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_methods")
     run = tmp_path / "run"
     train(tiny_cfg(tiny_data, "train.ema_decay=0.6", "data.val_fraction=0"), run, progress=False)
     raw = torch.load(run / "last.state.pt", weights_only=True)["raw_weights"]
@@ -229,19 +235,8 @@ def test_resume_with_another_ema_setting_is_refused(
     average as its weights, which are not the weights to continue training."""
     common = ["train.epochs=2", "data.val_fraction=0", "train.checkpoint_every=2"]
     run = tmp_path / "run"
-    calls = {"n": 0}
-    real_loss = train_mod.siamese_loss
-
-    def interrupting_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "siamese_loss", interrupting_loss)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(tiny_data, *common, f"train.ema_decay={saved}"), run, progress=False)
-    monkeypatch.setattr(train_mod, "siamese_loss", real_loss)
+    saved_cfg = tiny_cfg(tiny_data, *common, f"train.ema_decay={saved}")
+    train_until_interrupted(saved_cfg, run, monkeypatch, at_step=4)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     cfg = tiny_cfg(tiny_data, *common, f"train.ema_decay={resumed}")
     said = "train.ema_decay=0" if saved == "0" else "train.ema_decay > 0"

@@ -408,10 +408,9 @@ def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     (equal episodes per seed: the mean of the seed means) with the pooled 95% CI. Only the rows
     every seed has are pooled; the others are named under ``left_out``."""
     table = {}
-    left_out = sorted(
-        {name for s in per_seed for name in s["rows"]} - set(in_every_seed(per_seed, "rows"))
-    )
-    for name in in_every_seed(per_seed, "rows"):
+    kept = in_every_seed(per_seed, "rows")
+    left_out = sorted({name for s in per_seed for name in s["rows"]} - set(kept))
+    for name in kept:
         vals = {k: [s["rows"][name][k] for s in per_seed] for k in per_seed[0]["rows"][name]}
         table[name] = {
             k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in vals.items()
