@@ -270,6 +270,41 @@ def test_killed_two_process_run_ends_clearly_and_resumes_to_the_same_weights(
     ]
 
 
+def test_killed_two_process_run_under_a_weight_average_resumes_to_the_same_average(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``train.ema_decay`` under 2 ranks: the average in ``last`` and the raw weights kept
+    beside it come out of a kill and a resume as they come out of the run that went straight
+    on, and the average is not the raw weights."""
+    over = [*RESUMABLE, f"data.root={tiny_data}", "train.ema_decay=0.5"]
+    straight, run, log = tmp_path / "straight", tmp_path / "run", str(tmp_path / "log")
+    argv = ["train", "--quiet", *_set_args(over)]
+    assert run_ranks(_cli_rank, [*argv, "--out", str(straight)], log) == [0, 0]
+    assert run_ranks(_cli_rank, [*argv, "--out", str(run)], log, 4) == [2, -signal.SIGKILL]
+    assert json.loads((run / "last.json").read_text())["step"] == 4
+    assert run_ranks(_cli_rank, ["train", "--resume", str(run), "--quiet"], log) == [0, 0]
+
+    for name in ("last", "best"):
+        a = load_file(str(straight / f"{name}.safetensors"))
+        b = load_file(str(run / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6), (name, k)
+    _, raw_straight = load_train_state(straight, "last")
+    _, raw_run = load_train_state(run, "last")
+    average = load_file(str(straight / "last.safetensors"))
+    raw = raw_straight["raw_weights"]
+    for k in raw:
+        assert torch.allclose(raw[k], raw_run["raw_weights"][k], atol=1e-6), k
+    moved = max(float((average[k] - raw[k]).abs().max()) for k in raw if raw[k].is_floating_point())
+    assert moved > 1e-4, moved  # 6 steps at decay 0.5: the average lags the weights
+    straight_log = (straight / "metrics.jsonl").read_text().splitlines()
+    resumed_log = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["val_balanced_accuracy"] for x in straight_log] == [
+        json.loads(x)["val_balanced_accuracy"] for x in resumed_log
+    ]
+
+
 def test_a_resume_needs_as_many_processes(
     two_rank_run: Path, capsys: pytest.CaptureFixture
 ) -> None:
