@@ -246,18 +246,37 @@ def test_bench_combines_only_the_rows_every_seed_has_and_names_the_rest(bench):
     assert "left out: softmax classifier; few-shot" in bench.markdown(combined, [0, 1])
 
 
-def test_bench_refuses_to_combine_raw_weights_with_their_average(bench, tmp_path: Path):
+def _bench_files(bench, tmp_path: Path, weights: list[str | None]) -> list[str]:
+    """One seed's result file per entry of ``weights`` ("siamese_weights"; None: a file from
+    before the key existed)."""
     y = np.array([0, 1, 2, 0, 1, 2])
     files = []
-    for weights in ("the run's model", "raw"):
+    for w in weights:
         path = tmp_path / f"{len(files)}.json"
-        result = {"overrides": [], "fewshot": {}, "siamese_weights": weights}
-        path.write_text(
-            json.dumps(result | {"per_seed": [seed_result(y, {bench.SHIPPED: y}, bench)]})
-        )
+        result = {"overrides": [], "fewshot": {}} | ({} if w is None else {"siamese_weights": w})
+        seed = seed_result(y, {bench.SHIPPED: y}, bench) | {"seed": len(files)}
+        for row in seed["rows"].values():  # every figure a real seed records
+            row |= {k: row["balanced_accuracy"] for k in ("accuracy", "f1_weighted", "f1_macro")}
+        result["per_seed"] = [seed]
+        path.write_text(json.dumps(result))
         files.append(str(path))
-    with pytest.raises(
-        SystemExit, match="differ in --set overrides, the few-shot setting or --raw"
-    ):
-        bench.main(["--config", "x.yaml", "--combine", *files, "--json", str(tmp_path / "c.json")])
-    assert not (tmp_path / "c.json").exists()
+    return files
+
+
+def test_bench_refuses_to_combine_raw_weights_with_their_average(bench, tmp_path: Path):
+    for weights in (["the run's model", "raw"], [None, "raw"]):
+        files = _bench_files(bench, tmp_path, weights)
+        with pytest.raises(
+            SystemExit, match="differ in --set overrides, the few-shot setting or --raw"
+        ):
+            bench.main(
+                ["--config", "x.yaml", "--combine", *files, "--json", str(tmp_path / "c.json")]
+            )
+        assert not (tmp_path / "c.json").exists()
+
+
+def test_bench_combines_a_file_from_before_raw_weights_with_the_runs_model(bench, tmp_path: Path):
+    files = _bench_files(bench, tmp_path, [None, "the run's model"])
+    out = tmp_path / "c.json"
+    assert bench.main(["--config", "x.yaml", "--combine", *files, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["seeds"] == [0, 1]

@@ -76,6 +76,7 @@ from siamese_marrow.models.embed import embed_paths, embed_paths_and_views
 AGGREGATES = ("topk", "mean", "max", "proto")
 SHIPPED = "consensus (classify, shipped settings)"
 ONE_PROTOTYPE = "consensus (classify, shipped settings, one prototype a class)"
+MODEL = "the run's model"  # JSON "siamese_weights" without --raw-weights
 
 
 def say(msg: str) -> None:
@@ -520,7 +521,8 @@ def combine_files(args: argparse.Namespace) -> int:
     """One table from the per-seed results of earlier runs (same config and few-shot setting)."""
     runs = [json.loads(p.read_text()) for p in args.combine]
     keys = {
-        (json.dumps(r["overrides"]), json.dumps(r["fewshot"]), r.get("siamese_weights"))
+        # a JSON from before --raw-weights existed scored the run's model
+        (json.dumps(r["overrides"]), json.dumps(r["fewshot"]), r.get("siamese_weights", MODEL))
         for r in runs
     }
     if len(keys) > 1:
@@ -563,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "config": args.config,
         "overrides": args.overrides,
-        "siamese_weights": "raw" if args.raw_weights else "the run's model",
+        "siamese_weights": "raw" if args.raw_weights else MODEL,
         "seeds": args.seeds,
         "fewshot_data": None if args.skip_fewshot else args.fewshot,
         "fewshot": {} if args.skip_fewshot else dict(FEWSHOT),
