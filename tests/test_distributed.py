@@ -209,6 +209,21 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_union_batch(
     )
 
 
+def assert_same_run(straight: Path, resumed: Path, names: tuple[str, ...]) -> None:
+    """The checkpoints ``names`` of two runs hold the same weights (to 1e-6), and their
+    validation records agree epoch by epoch."""
+    for name in names:
+        a = load_file(str(straight / f"{name}.safetensors"))
+        b = load_file(str(resumed / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6), (name, k)
+    logs = [(r / "metrics.jsonl").read_text().splitlines() for r in (straight, resumed)]
+    assert [json.loads(x)["val_balanced_accuracy"] for x in logs[0]] == [
+        json.loads(x)["val_balanced_accuracy"] for x in logs[1]
+    ]
+
+
 RESUMABLE = [
     *TINY,
     "sampler.batches_per_epoch=6",  # 3 steps per rank and epoch
@@ -254,20 +269,9 @@ def test_killed_two_process_run_ends_clearly_and_resumes_to_the_same_weights(
     assert json.loads((run / "last.json").read_text())["step"] == 4
 
     assert run_ranks(_cli_rank, ["train", "--resume", str(run), "--quiet"], log) == [0, 0]
-    a, b = (
-        load_file(str(two_rank_run / "last.safetensors")),
-        load_file(str(run / "last.safetensors")),
-    )
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert_same_run(two_rank_run, run, ("last",))
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
-    straight = (two_rank_run / "metrics.jsonl").read_text().splitlines()
-    resumed = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["val_balanced_accuracy"] for x in straight] == [
-        json.loads(x)["val_balanced_accuracy"] for x in resumed
-    ]
 
 
 def test_killed_two_process_run_under_a_weight_average_resumes_to_the_same_average(
@@ -284,25 +288,14 @@ def test_killed_two_process_run_under_a_weight_average_resumes_to_the_same_avera
     assert json.loads((run / "last.json").read_text())["step"] == 4
     assert run_ranks(_cli_rank, ["train", "--resume", str(run), "--quiet"], log) == [0, 0]
 
-    for name in ("last", "best"):
-        a = load_file(str(straight / f"{name}.safetensors"))
-        b = load_file(str(run / f"{name}.safetensors"))
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.allclose(a[k], b[k], atol=1e-6), (name, k)
-    _, raw_straight = load_train_state(straight, "last")
-    _, raw_run = load_train_state(run, "last")
-    average = load_file(str(straight / "last.safetensors"))
-    raw = raw_straight["raw_weights"]
+    assert_same_run(straight, run, ("last", "best"))
+    average, state_straight = load_train_state(straight, "last")
+    _, state_run = load_train_state(run, "last")
+    raw = state_straight["raw_weights"]
     for k in raw:
-        assert torch.allclose(raw[k], raw_run["raw_weights"][k], atol=1e-6), k
+        assert torch.allclose(raw[k], state_run["raw_weights"][k], atol=1e-6), k
     moved = max(float((average[k] - raw[k]).abs().max()) for k in raw if raw[k].is_floating_point())
     assert moved > 1e-4, moved  # 6 steps at decay 0.5: the average lags the weights
-    straight_log = (straight / "metrics.jsonl").read_text().splitlines()
-    resumed_log = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["val_balanced_accuracy"] for x in straight_log] == [
-        json.loads(x)["val_balanced_accuracy"] for x in resumed_log
-    ]
 
 
 def test_a_resume_needs_as_many_processes(

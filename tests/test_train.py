@@ -12,14 +12,14 @@ import pytest
 import torch
 from helpers import TINY_MODEL, load_tool
 
-from siamese_marrow.config import load_config
+from siamese_marrow.config import Config, load_config
 from siamese_marrow.data.synth import write_dataset
 from siamese_marrow.engine import train as train_mod
 from siamese_marrow.engine.losses import siamese_loss
 from siamese_marrow.engine.train import build_optimizer, train
 from siamese_marrow.errors import TrainingError
 from siamese_marrow.models import build_model
-from siamese_marrow.models.checkpoint import load_run
+from siamese_marrow.models.checkpoint import load_run, load_train_state
 
 TINY = [
     *TINY_MODEL,
@@ -85,10 +85,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def train_until_interrupted(
-    cfg,
-    out: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    at_step: int,  # noqa: ANN001
+    cfg: Config, out: Path, monkeypatch: pytest.MonkeyPatch, at_step: int
 ) -> None:
     """Train ``cfg`` into ``out`` until a KeyboardInterrupt as step ``at_step`` computes its
     loss (the steps before it done, their checkpoints written)."""
@@ -216,7 +213,7 @@ def test_bench_scores_the_raw_weights_of_an_averaged_run(tiny_data: Path, tmp_pa
     bench = load_tool("bench_methods")
     run = tmp_path / "run"
     train(tiny_cfg(tiny_data, "train.ema_decay=0.6", "data.val_fraction=0"), run, progress=False)
-    raw = torch.load(run / "last.state.pt", weights_only=True)["raw_weights"]
+    raw = load_train_state(run, "last")[1]["raw_weights"]
     got = bench.load_siamese(run, raw_weights=True).model.state_dict()
     average = bench.load_siamese(run).model.state_dict()
     assert got.keys() == raw.keys()
@@ -255,7 +252,7 @@ def test_checkpoint_gives_identical_embeddings_in_a_fresh_process(
     here = load_run(run).model.embed(x).detach().numpy()
     code = (
         "import numpy as np, torch, sys\n"
-        "from siamese_marrow.models.checkpoint import load_run\n"
+        "from siamese_marrow.models.checkpoint import load_run, load_train_state\n"
         f"m = load_run(r'{run}').model\n"
         f"x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))\n"
         f"np.save(r'{tmp_path / 'e.npy'}', m.embed(x).detach().numpy())\n"
