@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import load_tool
+from helpers import REPO, load_tool
 
 from siamese_marrow.engine.metrics import mcnemar, paired_counts
 from siamese_marrow.engine.probe import (
@@ -246,14 +246,18 @@ def test_bench_combines_only_the_rows_every_seed_has_and_names_the_rest(bench):
     assert "left out: softmax classifier; few-shot" in bench.markdown(combined, [0, 1])
 
 
-def _bench_files(bench, tmp_path: Path, weights: list[str | None]) -> list[str]:
+def _bench_files(
+    bench, tmp_path: Path, weights: list[str | None], extra: list[dict] | None = None
+) -> list[str]:
     """One seed's result file per entry of ``weights`` ("siamese_weights"; None: a file from
-    before the key existed)."""
+    before the key existed); ``extra``: keys to set in each file (``overrides``,
+    ``resolved_config``)."""
     y = np.array([0, 1, 2, 0, 1, 2])
     files = []
-    for w in weights:
+    for i, w in enumerate(weights):
         path = tmp_path / f"{len(files)}.json"
         result = {"overrides": [], "fewshot": {}} | ({} if w is None else {"siamese_weights": w})
+        result |= (extra or [{}] * len(weights))[i]
         seed = seed_result(y, {bench.SHIPPED: y}, bench) | {"seed": len(files)}
         for row in seed["rows"].values():  # every figure a real seed records
             row |= {k: row["balanced_accuracy"] for k in ("accuracy", "f1_weighted", "f1_macro")}
@@ -267,7 +271,7 @@ def test_bench_refuses_to_combine_raw_weights_with_their_average(bench, tmp_path
     for weights in (["the run's model", "raw"], [None, "raw"]):
         files = _bench_files(bench, tmp_path, weights)
         with pytest.raises(
-            SystemExit, match="differ in --set overrides, the few-shot setting or --raw"
+            SystemExit, match="differ in their config .* the few-shot setting or --raw"
         ):
             bench.main(
                 ["--config", "x.yaml", "--combine", *files, "--json", str(tmp_path / "c.json")]
@@ -280,3 +284,51 @@ def test_bench_combines_a_file_from_before_raw_weights_with_the_runs_model(bench
     out = tmp_path / "c.json"
     assert bench.main(["--config", "x.yaml", "--combine", *files, "--json", str(out)]) == 0
     assert json.loads(out.read_text())["seeds"] == [0, 1]
+
+
+def test_bench_resolved_config_names_what_the_overrides_reach(bench):
+    """Overrides that restate the config file's own values resolve to the same config; one that
+    changes a value does not; the split seed, each run's own, is left out."""
+    cfg = str(REPO / "configs" / "bm7_cpu.yaml")
+    shipped = bench.resolved_config(cfg, [])
+    assert shipped["sampler"]["p_classes"] == 5  # the test restates the shipped value below
+    restated = ["sampler.p_classes=5", "sampler.k_per_class=11"]
+    assert bench.resolved_config(cfg, restated) == shipped
+    assert bench.resolved_config(cfg, ["sampler.p_classes=7"])["sampler"]["p_classes"] == 7
+    assert bench.resolved_config(cfg, ["data.split_seed=26"]) == shipped
+    assert "split_seed" not in shipped["data"]
+    json.dumps(shipped)  # recorded in the result JSON as it is
+
+
+def test_bench_combines_runs_whose_overrides_reach_the_same_config(bench, tmp_path: Path):
+    model = "the run's model"
+    same = {"sampler": {"p_classes": 5}}
+    files = _bench_files(
+        bench,
+        tmp_path,
+        [model, model],
+        [
+            {"overrides": ["sampler.p_classes=5"], "resolved_config": same},
+            {"overrides": [], "resolved_config": same},
+        ],
+    )
+    out = tmp_path / "c.json"
+    assert bench.main(["--config", "x.yaml", "--combine", *files, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"overrides": [], "resolved_config": {"sampler": {"p_classes": 7}}},
+        # a file from before the resolved config was recorded: its config file may have changed
+        {"overrides": []},
+    ],
+)
+def test_bench_refuses_to_combine_runs_of_other_configs(bench, tmp_path: Path, second: dict):
+    first = {"overrides": [], "resolved_config": {"sampler": {"p_classes": 5}}}
+    model = "the run's model"
+    files = _bench_files(bench, tmp_path, [model, model], [first, second])
+    with pytest.raises(SystemExit, match="differ in their config"):
+        bench.main(["--config", "x.yaml", "--combine", *files, "--json", str(tmp_path / "c.json")])
+    assert not (tmp_path / "c.json").exists()

@@ -517,18 +517,37 @@ def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def resolved_config(path: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """The config a run of this script trained under, without the split seed (each seed's own):
+    what ``--combine`` compares, so runs that reached one config by different ``--set``
+    overrides (one that named what later became the file's default) pool."""
+    d = load_config(path, list(overrides)).to_dict()
+    d["data"].pop("split_seed", None)
+    return d
+
+
+def config_key(result: dict[str, Any]) -> str:
+    """What must be equal for two result files to pool: the resolved config; a file written
+    before it was recorded has only its override list (pooled only with its like: the config file
+    behind it may have changed since)."""
+    if "resolved_config" in result:
+        return json.dumps({"resolved_config": result["resolved_config"]}, sort_keys=True)
+    return json.dumps({"overrides": result["overrides"]})
+
+
 def combine_files(args: argparse.Namespace) -> int:
     """One table from the per-seed results of earlier runs (same config and few-shot setting)."""
     runs = [json.loads(p.read_text()) for p in args.combine]
     keys = {
         # a JSON from before --raw-weights existed scored the run's model
-        (json.dumps(r["overrides"]), json.dumps(r["fewshot"]), r.get("siamese_weights", MODEL))
+        (config_key(r), json.dumps(r["fewshot"]), r.get("siamese_weights", MODEL))
         for r in runs
     }
     if len(keys) > 1:
         raise SystemExit(
-            f"{', '.join(map(str, args.combine))}: the runs differ in --set overrides, the "
-            "few-shot setting or --raw-weights; combine runs of one config"
+            f"{', '.join(map(str, args.combine))}: the runs differ in their config (or, in files "
+            "without a resolved config, in --set overrides), the few-shot setting or "
+            "--raw-weights; combine runs of one config"
         )
     per_seed = [s for r in runs for s in r["per_seed"]]
     seeds = [s["seed"] for s in per_seed]
@@ -565,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "config": args.config,
         "overrides": args.overrides,
+        "resolved_config": resolved_config(args.config, args.overrides),
         "siamese_weights": "raw" if args.raw_weights else MODEL,
         "seeds": args.seeds,
         "fewshot_data": None if args.skip_fewshot else args.fewshot,
