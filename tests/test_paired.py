@@ -254,10 +254,10 @@ def _bench_files(
     ``resolved_config``)."""
     y = np.array([0, 1, 2, 0, 1, 2])
     files = []
-    for i, w in enumerate(weights):
+    for w, more in zip(weights, extra or [{}] * len(weights), strict=True):
         path = tmp_path / f"{len(files)}.json"
         result = {"overrides": [], "fewshot": {}} | ({} if w is None else {"siamese_weights": w})
-        result |= (extra or [{}] * len(weights))[i]
+        result |= more
         seed = seed_result(y, {bench.SHIPPED: y}, bench) | {"seed": len(files)}
         for row in seed["rows"].values():  # every figure a real seed records
             row |= {k: row["balanced_accuracy"] for k in ("accuracy", "f1_weighted", "f1_macro")}

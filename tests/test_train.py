@@ -252,7 +252,7 @@ def test_checkpoint_gives_identical_embeddings_in_a_fresh_process(
     here = load_run(run).model.embed(x).detach().numpy()
     code = (
         "import numpy as np, torch, sys\n"
-        "from siamese_marrow.models.checkpoint import load_run, load_train_state\n"
+        "from siamese_marrow.models.checkpoint import load_run\n"
         f"m = load_run(r'{run}').model\n"
         f"x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))\n"
         f"np.save(r'{tmp_path / 'e.npy'}', m.embed(x).detach().numpy())\n"
