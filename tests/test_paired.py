@@ -37,6 +37,7 @@ def test_paired_counts_count_only_the_discordant_images():
     out = paired_counts(y, a, b)
     # a alone: images 2, 3, 7; b alone: 4, 5; both right (0, 1) and both wrong (6) do not count
     assert (out["a_only"], out["b_only"]) == (3, 2)
+    assert out["both_wrong"] == 1  # image 6, counted apart
     assert out["p_value"] == pytest.approx(exact_two_sided(3, 2))
     swapped = paired_counts(y, b, a)
     assert (swapped["a_only"], swapped["b_only"]) == (2, 3)
@@ -158,7 +159,57 @@ def test_bench_pairs_every_method_with_the_shipped_consensus_and_pools_seeds(ben
     assert pooled["n"] == 12 and pooled["difference"] == pytest.approx(2 / 12)
     table = "\n".join(bench.paired_markdown(bench.pool_paired(per_seed)))
     lo, hi = (100 * x for x in mcnemar(5, 3, n=12)["difference_ci95"])
-    assert f"| kNN-10 | 5 | 3 | 0.727 | +16.7 [{lo:+.1f}, {hi:+.1f}] |" in table
+    assert pooled["both_wrong"] == 0
+
+    # seeds written before both_wrong was kept: counted from their kept predictions, else blank
+    def older(result: dict, preds: dict | None) -> dict:
+        paired = {k: v for k, v in result["paired"]["kNN-10"].items() if k != "both_wrong"}
+        out = dict(result, paired={"kNN-10": paired})
+        if preds is not None:
+            out |= {"y_test": y.tolist(), "predictions": {k: v.tolist() for k, v in preds.items()}}
+        return out
+
+    assert "both_wrong" not in bench.pool_paired([per_seed[0], older(per_seed[1], None)])["kNN-10"]
+    s3 = s2 | {"kNN-10": np.array([2, 2, 2, 2, 2, 2])}  # wrong on image 1 as the consensus is
+    third = seed_result(y, s3, bench)
+    assert third["paired"]["kNN-10"]["both_wrong"] == 1
+    assert bench.pool_paired([per_seed[0], older(third, s3)])["kNN-10"]["both_wrong"] == 0 + 1
+    assert f"| kNN-10 | 5 | 3 | 0 | 0.727 | +16.7 [{lo:+.1f}, {hi:+.1f}] |" in table
+
+
+def test_bench_counts_the_consensus_errors_every_method_on_its_embedding_shares(bench):
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    preds = {
+        bench.SHIPPED: np.array([0, 1, 2, 1, 2, 0, 1, 1]),  # wrong on 3, 4, 5, 6
+        "1-NN": np.array([0, 1, 2, 0, 2, 0, 2, 0]),  # right on 3 of those
+        "logistic regression": np.array([0, 1, 2, 2, 2, 0, 1, 1]),  # right on none of them
+        "kNN-10": np.array([0, 0, 0, 2, 0, 1, 0, 0]),  # right on 6 only
+        "softmax classifier": y,  # another embedding: not counted
+    }
+    out = bench.shared_errors(y, preds)
+    # 4 consensus errors; 3 is won back by 1-NN, 6 by kNN-10; 4 and 5 nobody gets
+    assert out == {
+        "n": 8,
+        "methods": ["1-NN", "kNN-10", "logistic regression"],
+        "consensus_wrong": 4,
+        "all_wrong": 2,
+    }
+    # without kNN-10 image 6 is shared too
+    without_knn = {k: v for k, v in preds.items() if k != "kNN-10"}
+    assert bench.shared_errors(y, without_knn)["all_wrong"] == 3
+    assert bench.shared_errors(y, {bench.SHIPPED: y}) is None
+    seed = bench.closed_set_results(y, preds, ["a", "b", "c"])
+    assert seed["shared_errors"] == out
+    pooled = bench.pool_shared_errors([seed, seed])
+    assert (pooled["n"], pooled["consensus_wrong"], pooled["all_wrong"]) == (16, 8, 4)
+    text = "\n".join(bench.shared_errors_markdown(pooled))
+    assert "gets 8 wrong; 4 (50%) of them every method" in text and "at most 4." in text
+    assert bench.pool_shared_errors([seed, {"rows": {}}]) is None  # a seed from before
+    # a file written before the count, with its predictions kept: counted from them
+    older = {k: v for k, v in json.loads(json.dumps(seed)).items() if k != "shared_errors"}
+    assert bench.pool_shared_errors([seed, older]) == pooled
+    other = dict(seed, shared_errors=dict(out, methods=["1-NN"]))
+    assert bench.pool_shared_errors([seed, other]) is None  # different methods do not pool
 
 
 def test_bench_pools_nothing_when_a_seed_predates_the_paired_counts(bench):

@@ -19,8 +19,10 @@ the last epoch) and, all trained on the same training images:
 Every closed-set method is also paired with the shipped consensus image by image on the same test
 images (``engine.metrics.paired_counts``): how many only the consensus gets right, how many only
 the method, the exact McNemar p of those counts and the accuracy difference with its 95%
-interval, per seed and summed over the seeds. Each seed's test labels and every method's
-predictions are kept in the JSON.
+interval, per seed and summed over the seeds, and how many images both get wrong. Under it, the
+shared errors: how many of the consensus's errors every simple method on its own embedding makes
+too (no choice among those methods can win them back; only a better embedding can). Each seed's
+test labels and every method's predictions are kept in the JSON.
 
 Few-shot on unseen classes (``--fewshot``, default ``../shared/data/pbc8``): N-way K-shot
 episodes (``engine.fewshot``; the same seeded episodes for every method and model): the siamese
@@ -75,6 +77,9 @@ from siamese_marrow.models.embed import embed_paths, embed_paths_and_views
 
 AGGREGATES = ("topk", "mean", "max", "proto")
 SHIPPED = "consensus (classify, shipped settings)"
+#: The simple methods on the siamese embedding (:func:`embedding_preds` without a prefix): the
+#: ones the shared-error count (:func:`shared_errors`) is over.
+EMBEDDING_METHODS = ("prototypes", "1-NN", "kNN-10", "logistic regression")
 ONE_PROTOTYPE = "consensus (classify, shipped settings, one prototype a class)"
 MODEL = "the run's model"  # JSON "siamese_weights" without --raw-weights
 
@@ -379,9 +384,68 @@ def closed_set_results(
             name: headline(classification_metrics(y_t, p, classes)) for name, p in preds.items()
         },
         "paired": paired_with_shipped(y_t, preds),
+        "shared_errors": shared_errors(y_t, preds),
         "y_test": np.asarray(y_t).tolist(),
         "predictions": {name: np.asarray(p).tolist() for name, p in preds.items()},
     }
+
+
+def shared_errors(y_t: np.ndarray, preds: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """How many of the shipped consensus's errors every simple method on its own embedding
+    (:data:`EMBEDDING_METHODS`, those present) makes too: ``consensus_wrong`` test images, of
+    which ``all_wrong`` no method gets right. ``consensus_wrong - all_wrong`` is the most that
+    any choice among these methods on this embedding could win back; the rest only a better
+    embedding can. None without the consensus or any of the methods."""
+    methods = [m for m in EMBEDDING_METHODS if m in preds]
+    if SHIPPED not in preds or not methods:
+        return None
+    y = np.asarray(y_t)
+    wrong = np.asarray(preds[SHIPPED]) != y
+    consensus_wrong = int(wrong.sum())
+    for m in methods:
+        wrong &= np.asarray(preds[m]) != y
+    return {
+        "n": len(y),
+        "methods": methods,
+        "consensus_wrong": consensus_wrong,
+        "all_wrong": int(wrong.sum()),
+    }
+
+
+def pool_shared_errors(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """:func:`shared_errors` summed over the seeds, each from its kept predictions when its file
+    predates the count (None when a seed has neither, or the seeds compared different
+    methods)."""
+    parts = [_seed_shared_errors(s) for s in per_seed]
+    if not parts or any(p is None for p in parts):
+        return None
+    if any(p["methods"] != parts[0]["methods"] for p in parts):
+        return None
+    return {
+        "methods": parts[0]["methods"],
+        **{k: sum(p[k] for p in parts) for k in ("n", "consensus_wrong", "all_wrong")},
+    }
+
+
+def _seed_shared_errors(seed: dict[str, Any]) -> dict[str, Any] | None:
+    if seed.get("shared_errors") is not None or "predictions" not in seed:
+        return seed.get("shared_errors")
+    preds = {k: np.asarray(v) for k, v in seed["predictions"].items()}
+    return shared_errors(np.asarray(seed["y_test"]), preds)
+
+
+def shared_errors_markdown(shared: dict[str, Any] | None) -> list[str]:
+    if shared is None:
+        return []
+    wrong, every = shared["consensus_wrong"], shared["all_wrong"]
+    share = f" ({100 * every / wrong:.0f}%)" if wrong else ""
+    return [
+        "",
+        f"Shared errors: of {shared['n']} test images the consensus gets {wrong} wrong; "
+        f"{every}{share} of them every method on its own embedding "
+        f"({', '.join(shared['methods'])}) gets wrong too, so any choice among these methods "
+        f"could win back at most {wrong - every}.",
+    ]
 
 
 def paired_with_shipped(y_t: np.ndarray, preds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -434,6 +498,7 @@ def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         "closed_set": table,
         "fewshot": few,
         "paired": pool_paired(per_seed),
+        "shared_errors": pool_shared_errors(per_seed),
         "left_out": left_out,
     }
 
@@ -450,7 +515,21 @@ def pool_paired(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
         a = sum(s["paired"][name]["a_only"] for s in per_seed)
         b = sum(s["paired"][name]["b_only"] for s in per_seed)
         pooled[name] = mcnemar(a, b, n=n)
+        both = [_both_wrong(s, name) for s in per_seed]
+        if None not in both:
+            pooled[name]["both_wrong"] = sum(both)
     return pooled
+
+
+def _both_wrong(seed: dict[str, Any], name: str) -> int | None:
+    """The images of one seed that neither the consensus nor ``name`` gets right: kept with its
+    paired counts, or counted from its kept predictions in a file that predates that."""
+    if "both_wrong" in seed["paired"][name]:
+        return seed["paired"][name]["both_wrong"]
+    preds, y = seed.get("predictions", {}), seed.get("y_test")
+    if y is None or SHIPPED not in preds or name not in preds:
+        return None
+    return paired_counts(y, preds[SHIPPED], preds[name])["both_wrong"]
 
 
 def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
@@ -475,7 +554,7 @@ def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     shots = sorted({k for v in combined["fewshot"].values() for k in v}, key=int)
     if not shots:  # --skip-fewshot
-        return "\n".join(lines + paired_markdown(combined.get("paired")))
+        return "\n".join(lines + tail_markdown(combined))
     lines += [
         "",
         "Few-shot, unseen classes (mean +- 95% CI over all episodes)",
@@ -489,7 +568,14 @@ def markdown(combined: dict[str, Any], seeds: list[int]) -> str:
             + " | ".join(f"{v[k]['mean']:.3f} +- {v[k]['ci95']:.3f}" for k in shots)
             + " |"
         )
-    return "\n".join(lines + paired_markdown(combined.get("paired")))
+    return "\n".join(lines + tail_markdown(combined))
+
+
+def tail_markdown(combined: dict[str, Any]) -> list[str]:
+    """The paired table and the shared-error line under the tables of :func:`markdown`."""
+    return paired_markdown(combined.get("paired")) + shared_errors_markdown(
+        combined.get("shared_errors")
+    )
 
 
 def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
@@ -502,8 +588,9 @@ def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
         "counts summed over the seeds; p: exact McNemar, two-sided; the consensus's accuracy "
         "minus the method's, in points, with its 95% interval",
         "",
-        "| method | only the consensus right | only the method right | p | consensus - method |",
-        "|---|---:|---:|---:|---:|",
+        "| method | only the consensus right | only the method right | both wrong | p | "
+        "consensus - method |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, m in sorted(paired.items(), key=lambda kv: kv[1]["a_only"] - kv[1]["b_only"]):
         diff = (
@@ -513,7 +600,10 @@ def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
                 100 * m["difference"], *(100 * x for x in m["difference_ci95"])
             )
         )
-        lines.append(f"| {name} | {m['a_only']} | {m['b_only']} | {m['p_value']:.3f} | {diff} |")
+        both = m.get("both_wrong", "")
+        lines.append(
+            f"| {name} | {m['a_only']} | {m['b_only']} | {both} | {m['p_value']:.3f} | {diff} |"
+        )
     return lines
 
 

@@ -70,8 +70,9 @@ def paired_counts(
     """Two classifiers' predictions on the same images, compared image by image: how many only
     ``a`` gets right (``a_only``), how many only ``b`` (``b_only``), and the exact McNemar test of
     those discordant counts (:func:`mcnemar`). The images both get right or both get wrong say
-    nothing about which is better and are left out, so on a small test split this separates a
-    real difference from noise where two accuracies alone cannot."""
+    nothing about which is better and are left out of the test, so on a small test split this
+    separates a real difference from noise where two accuracies alone cannot. ``both_wrong``
+    counts the images neither gets right: errors no choice between the two can recover."""
     y_true, pred_a, pred_b = (np.asarray(v, dtype=np.int64) for v in (y_true, pred_a, pred_b))
     if not (y_true.shape == pred_a.shape == pred_b.shape) or y_true.ndim != 1:
         raise ValueError(
@@ -79,7 +80,9 @@ def paired_counts(
             f"{pred_b.shape}; expected one prediction of each classifier per image"
         )
     right_a, right_b = pred_a == y_true, pred_b == y_true
-    return mcnemar(int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum()), n=len(y_true))
+    out = mcnemar(int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum()), n=len(y_true))
+    out["both_wrong"] = int((~right_a & ~right_b).sum())
+    return out
 
 
 def mcnemar(a_only: int, b_only: int, n: int | None = None) -> dict[str, Any]:
