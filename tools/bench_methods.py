@@ -77,8 +77,8 @@ from siamese_marrow.models.embed import embed_paths, embed_paths_and_views
 
 AGGREGATES = ("topk", "mean", "max", "proto")
 SHIPPED = "consensus (classify, shipped settings)"
-#: The simple methods on the siamese embedding (:func:`embedding_preds` without a prefix): the
-#: ones the shared-error count (:func:`shared_errors`) is over.
+#: The simple methods on an embedding, in the order :func:`embedding_preds` computes them; on the
+#: siamese embedding (no prefix) the ones the shared-error count (:func:`shared_errors`) is over.
 EMBEDDING_METHODS = ("prototypes", "1-NN", "kNN-10", "logistic regression")
 ONE_PROTOTYPE = "consensus (classify, shipped settings, one prototype a class)"
 MODEL = "the run's model"  # JSON "siamese_weights" without --raw-weights
@@ -178,12 +178,13 @@ def embedding_preds(
 ) -> dict[str, np.ndarray]:
     """Predictions of the simple methods on one embedding: prototypes, 1-NN, kNN-10 and
     logistic regression."""
-    return {
-        f"{prefix}prototypes": prototype_predict(x_a, y_a, x_t, n_classes),
-        f"{prefix}1-NN": knn_predict(x_a, y_a, x_t, k=1),
-        f"{prefix}kNN-10": knn_predict(x_a, y_a, x_t, k=10),
-        f"{prefix}logistic regression": logistic_predict(x_a, y_a, x_t, seed),
-    }
+    preds = (
+        prototype_predict(x_a, y_a, x_t, n_classes),
+        knn_predict(x_a, y_a, x_t, k=1),
+        knn_predict(x_a, y_a, x_t, k=10),
+        logistic_predict(x_a, y_a, x_t, seed),
+    )
+    return {f"{prefix}{name}": p for name, p in zip(EMBEDDING_METHODS, preds, strict=True)}
 
 
 def classify_preds(
@@ -428,10 +429,18 @@ def pool_shared_errors(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _seed_shared_errors(seed: dict[str, Any]) -> dict[str, Any] | None:
-    if seed.get("shared_errors") is not None or "predictions" not in seed:
-        return seed.get("shared_errors")
-    preds = {k: np.asarray(v) for k, v in seed["predictions"].items()}
-    return shared_errors(np.asarray(seed["y_test"]), preds)
+    if seed.get("shared_errors") is not None:
+        return seed["shared_errors"]
+    kept = _kept_predictions(seed)
+    return None if kept is None else shared_errors(*kept)
+
+
+def _kept_predictions(seed: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """One seed's test labels and every method's predictions as kept in its JSON (None in a file
+    written before they were kept): what a count added later is made from for older files."""
+    if "predictions" not in seed or "y_test" not in seed:
+        return None
+    return np.asarray(seed["y_test"]), {k: np.asarray(v) for k, v in seed["predictions"].items()}
 
 
 def shared_errors_markdown(shared: dict[str, Any] | None) -> list[str]:
@@ -526,9 +535,10 @@ def _both_wrong(seed: dict[str, Any], name: str) -> int | None:
     paired counts, or counted from its kept predictions in a file that predates that."""
     if "both_wrong" in seed["paired"][name]:
         return seed["paired"][name]["both_wrong"]
-    preds, y = seed.get("predictions", {}), seed.get("y_test")
-    if y is None or SHIPPED not in preds or name not in preds:
+    kept = _kept_predictions(seed)
+    if kept is None or SHIPPED not in kept[1] or name not in kept[1]:
         return None
+    y, preds = kept
     return paired_counts(y, preds[SHIPPED], preds[name])["both_wrong"]
 
 
